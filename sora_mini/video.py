@@ -1,0 +1,104 @@
+"""Videos in and out: mediapy wired to a known-good ffmpeg, and tiling clips into a grid.
+
+mediapy shells out to an `ffmpeg` binary. Many machines have none, and the newest
+imageio-ffmpeg wheel bundles ffmpeg 9, whose removed `-vsync` option breaks mediapy's
+*reader*. We pin `imageio-ffmpeg<0.8` (ffmpeg 7: writes and reads) and point mediapy at
+its binary, so the same code works on a bare laptop, in CI and on Colab. Set the
+environment variable `SORA_MINI_FFMPEG` to use another binary.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Sequence
+
+import mediapy
+import numpy as np
+
+
+@functools.cache
+def ffmpeg_path() -> str:
+    """The ffmpeg binary mediapy uses; configured once per process."""
+    path = os.environ.get("SORA_MINI_FFMPEG")
+    if not path:
+        import imageio_ffmpeg  # ships a static ffmpeg inside its wheel
+
+        path = imageio_ffmpeg.get_ffmpeg_exe()
+    mediapy.set_ffmpeg(path)
+    return path
+
+
+def _check_video(video) -> np.ndarray:
+    video = np.asarray(video)
+    if video.ndim != 4 or video.shape[-1] != 3:
+        raise ValueError(f"expected a video of shape [T, H, W, 3], got {video.shape}")
+    if video.dtype != np.uint8:
+        raise ValueError(f"expected a uint8 video (values 0..255), got {video.dtype}; "
+                         "convert [-1, 1] floats with sora_mini.video.to_uint8")
+    return video
+
+
+def to_uint8(video) -> np.ndarray:
+    """Model space `float [-1, 1]` -> stored `uint8 [0, 255]` (rounded, clipped)."""
+    return np.clip(np.round((np.asarray(video, np.float32) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def to_float(video) -> np.ndarray:
+    """Stored `uint8 [0, 255]` -> model space `float32 [-1, 1]`."""
+    return np.asarray(video, np.float32) / 127.5 - 1.0
+
+
+def write_video(path: str | os.PathLike, video, fps: int = 8) -> str:
+    """Write `uint8 [T, H, W, 3]` to `.mp4` (H.264) or `.gif`, chosen by the suffix."""
+    video = _check_video(video)
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    ffmpeg_path()
+    if path.endswith(".gif"):
+        mediapy.write_video(path, video, fps=fps, codec="gif")
+    elif path.endswith(".mp4"):
+        # H.264 wants even sides; yuv444 would keep colours exact but most players refuse it.
+        mediapy.write_video(path, video, fps=fps, codec="h264", qp=10)
+    else:
+        raise ValueError(f"unsupported video file {path!r}: expected a .mp4 or .gif suffix")
+    return path
+
+
+def read_video(path: str | os.PathLike) -> np.ndarray:
+    """Read a video file back as `uint8 [T, H, W, 3]`."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no video file at {path!r}")
+    ffmpeg_path()
+    return np.asarray(mediapy.read_video(path))
+
+
+def video_grid(videos: Sequence[np.ndarray] | np.ndarray, cols: int, pad: int = 2,
+               pad_value: int = 255) -> np.ndarray:
+    """Tile `N` clips `uint8 [T, H, W, 3]` into one `[T, rows*(H+pad)+pad, cols*(W+pad)+pad, 3]`."""
+    videos = [_check_video(v) for v in videos]
+    if not videos:
+        raise ValueError("video_grid needs at least one video")
+    if len({v.shape for v in videos}) != 1:
+        raise ValueError(f"all videos must share one shape, got {sorted({v.shape for v in videos})}")
+    T, H, W, _ = videos[0].shape
+    rows = -(-len(videos) // cols)
+    grid = np.full((T, rows * (H + pad) + pad, cols * (W + pad) + pad, 3), pad_value, np.uint8)
+    for i, v in enumerate(videos):
+        r, c = divmod(i, cols)
+        y, x = pad + r * (H + pad), pad + c * (W + pad)
+        grid[:, y:y + H, x:x + W] = v
+    return grid
+
+
+def upscale(video: np.ndarray, factor: int) -> np.ndarray:
+    """Nearest-neighbour upscaling, so 32x32 clips are visible on screen without blur."""
+    return np.repeat(np.repeat(np.asarray(video), factor, axis=-3), factor, axis=-2)
+
+
+def show_videos(videos, titles=None, *, fps: int = 8, scale: int = 4, columns: int | None = None):
+    """Show clips inline in a notebook (mediapy), upscaled for visibility."""
+    ffmpeg_path()
+    videos = [upscale(_check_video(v), scale) for v in videos]
+    return mediapy.show_videos(videos, titles=titles, fps=fps, columns=columns, codec="gif")
