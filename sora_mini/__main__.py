@@ -25,7 +25,8 @@ def _parse_sizes(text: str) -> dict[str, int]:
         name, _, n = part.partition("=")
         if name not in data_lib.SPLIT_SEED_OFFSETS or not n.isdigit():
             raise argparse.ArgumentTypeError(
-                f"expected SPLIT=N[,SPLIT=N...] with splits from {list(data_lib.SPLIT_SEED_OFFSETS)}, got {part!r}")
+                f"expected SPLIT=N[,SPLIT=N...] with splits from {list(data_lib.SPLIT_SEED_OFFSETS)}, "
+                f"got {part!r}")
         sizes[name] = int(n)
     return sizes
 
@@ -36,7 +37,8 @@ def cmd_build_data(args) -> None:
     dd = data_lib.build_dataset(config, args.out, args.splits, num_proc=args.num_proc)
     n = sum(len(d) for d in dd.values())
     print(f"built {n} clips ({', '.join(f'{k}={len(v)}' for k, v in dd.items())}) of "
-          f"{config.num_frames}x{config.height}x{config.width} in {time.perf_counter() - t0:.1f}s -> {args.out}")
+          f"{config.num_frames}x{config.height}x{config.width} in {time.perf_counter() - t0:.1f}s "
+          f"-> {args.out}")
 
 
 def cmd_demo(args) -> None:

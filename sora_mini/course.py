@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import traceback
-from typing import Callable
+from collections.abc import Callable
 
 
 def fast_mode() -> bool:
@@ -20,7 +20,7 @@ def fast_mode() -> bool:
     return jax.default_backend() == "cpu"
 
 
-def check_exercise(name: str, test: Callable[[], None]) -> bool:
+def check_exercise(name: str, test: Callable[[], None]) -> None:
     """Run an exercise's checks and say how it went, without stopping the notebook.
 
     `test` calls the student's code and asserts on it. An exercise still raising
@@ -33,17 +33,16 @@ def check_exercise(name: str, test: Callable[[], None]) -> bool:
         if strict:
             raise
         print(f"[ ] {name}: not attempted yet (the solution is hidden in the cell below)")
-        return False
+        return
     except AssertionError as e:
         if strict:
             raise
         print(f"[x] {name}: not quite. {e}")
-        return False
+        return
     except Exception:
         if strict:
             raise
         print(f"[x] {name}: your code raised an error:")
         traceback.print_exc(limit=2)
-        return False
+        return
     print(f"[ok] {name}: correct!")
-    return True

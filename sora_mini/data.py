@@ -28,7 +28,8 @@ import os
 import queue
 import re
 import threading
-from typing import Iterator, Literal, Mapping, Sequence
+from typing import Literal
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -140,7 +141,7 @@ class ShapesWorldConfig:
     def latent_frames(self) -> int:
         return 1 + (self.num_frames - 1) // self.temporal_factor
 
-    def replace(self, **changes) -> "ShapesWorldConfig":
+    def replace(self, **changes) -> ShapesWorldConfig:
         return dataclasses.replace(self, **changes)
 
 
@@ -599,7 +600,8 @@ def load_config(path: str | os.PathLike) -> ShapesWorldConfig:
     """The `ShapesWorldConfig` saved beside a dataset built by `build_dataset`."""
     file = os.path.join(os.fspath(path), "shapes_world_config.json")
     if not os.path.exists(file):
-        raise FileNotFoundError(f"no shapes_world_config.json in {path}: not a dataset built by build_dataset")
+        raise FileNotFoundError(
+            f"no shapes_world_config.json in {path}: not a dataset built by build_dataset")
     with open(file) as f:
         raw = json.load(f)
     for key in ("shapes", "colors", "backgrounds"):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import mediapy
 import numpy as np

@@ -1,0 +1,103 @@
+"""The project's promises about itself: pip and conda agree, the README's commands are what
+CI runs, and the command line answers."""
+
+import pathlib
+import re
+import subprocess
+import sys
+import tomllib
+
+import pytest
+import yaml
+
+from sora_mini import course
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _normalise(req: str) -> str:
+    return re.sub(r"\s+", "", req).lower()
+
+
+def test_environment_yml_matches_pyproject():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    pip_reqs = {_normalise(r) for r in project["dependencies"]}
+    for extra in project["optional-dependencies"].values():
+        pip_reqs |= {_normalise(r) for r in extra}
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    pip_section = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    conda_reqs = {_normalise(r) for r in pip_section if not r.startswith("-e")}
+    assert conda_reqs == pip_reqs, (f"only in environment.yml: {sorted(conda_reqs - pip_reqs)}; "
+                                    f"only in pyproject.toml: {sorted(pip_reqs - conda_reqs)}")
+    python = next(d for d in env["dependencies"] if isinstance(d, str) and d.startswith("python"))
+    assert python.replace(" ", "") == "python" + project["requires-python"]
+    assert all(re.search(r">=\d", r) for r in project["dependencies"]), "every dependency needs a lower bound"
+
+
+def test_readme_quickstart_is_what_ci_runs():
+    readme = (ROOT / "README.md").read_text()
+    assert "make demo" in readme and "make test" in readme and "make lab" in readme
+    assert "colab" in readme.lower()
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "make test" in ci
+    makefile = (ROOT / "Makefile").read_text()
+    assert re.search(r"^test:.*\n\t.*pytest", makefile, re.M)
+    for nb in sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+        assert nb.name in readme, f"README's chapter list misses {nb.name}"
+
+
+def test_cli_help_and_errors(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "sora_mini", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "build-data" in out.stdout and "demo" in out.stdout
+    out = subprocess.run([sys.executable, "-m", "sora_mini", "build-data", "--frames", "16",
+                          "--out", str(tmp_path / "x")], capture_output=True, text=True)
+    assert out.returncode == 2 and "1 + k * temporal_factor" in out.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_cli_demo_writes_grid_and_captions(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "sora_mini", "demo", "--data", str(tmp_path / "data"),
+                          "--out", str(tmp_path / "out"), "--splits", "train=20,validation=4",
+                          "--rows", "2", "--cols", "3"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    from sora_mini import video
+
+    grid = video.read_video(tmp_path / "out" / "shapes_world_grid.mp4")
+    assert grid.shape == (17, 2 * (3 * 32 + 2) + 2, 3 * (3 * 32 + 2) + 2, 3)
+    captions = (tmp_path / "out" / "captions.txt").read_text().splitlines()
+    assert len(captions) == 6 and captions[0].startswith("row 1, col 1: ")
+    assert (tmp_path / "out" / "shapes_world_grid.gif").stat().st_size > 1000
+
+
+def test_fast_mode_switch(monkeypatch):
+    monkeypatch.setenv("SORA_MINI_FAST", "0")
+    assert course.fast_mode() is False
+    monkeypatch.setenv("SORA_MINI_FAST", "1")
+    assert course.fast_mode() is True
+    monkeypatch.delenv("SORA_MINI_FAST")
+    assert course.fast_mode() is True  # tests run on the CPU
+
+
+def test_check_exercise_reports_and_strict_mode_raises(monkeypatch, capsys):
+    def wrong():
+        assert 1 + 1 == 3, "arithmetic"
+
+    def todo():
+        raise NotImplementedError
+
+    monkeypatch.delenv("SORA_MINI_STRICT_EXERCISES", raising=False)
+    course.check_exercise("ok", lambda: None)
+    course.check_exercise("wrong", wrong)
+    course.check_exercise("todo", todo)
+    printed = capsys.readouterr().out
+    assert "[ok] ok" in printed and "[x] wrong: not quite. arithmetic" in printed
+    assert "[ ] todo: not attempted" in printed
+    monkeypatch.setenv("SORA_MINI_STRICT_EXERCISES", "1")
+    with pytest.raises(AssertionError):
+        course.check_exercise("wrong", wrong)
+
+
+def test_code_is_lint_clean():
+    out = subprocess.run([sys.executable, "-m", "ruff", "check", "sora_mini", "tests", "benchmarks"],
+                         cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout[-3000:]
