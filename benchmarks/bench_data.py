@@ -41,6 +41,10 @@ def main() -> None:
         print(f"render {name:5} ({config.num_frames}x{config.height}x{config.width}): {rate:8.1f} clips/s")
 
     with tempfile.TemporaryDirectory() as tmp:
+        # A fresh HF cache, so the build really generates instead of reusing an earlier run.
+        import datasets
+
+        datasets.config.HF_DATASETS_CACHE = os.path.join(tmp, "cache")
         sizes = {"train": args.n}
         t0 = time.perf_counter()
         data.build_dataset(data.SHAPES_WORLD_PRESETS["tiny"], os.path.join(tmp, "ds"), sizes,

@@ -580,7 +580,7 @@ def build_dataset(config: ShapesWorldConfig, path: str | os.PathLike | None = No
     """Build every split as a `datasets.DatasetDict`; save it to `path` when given.
 
     The config is saved beside the data (`shapes_world_config.json`) so a loader can tell
-    what it reads."""
+    what it reads. With a `path`, the returned dataset reads from there."""
     import datasets
 
     sizes = dict(DEFAULT_SPLIT_SIZES if sizes is None else sizes)
@@ -593,6 +593,9 @@ def build_dataset(config: ShapesWorldConfig, path: str | os.PathLike | None = No
             dd.save_to_disk(path)
         with open(os.path.join(path, "shapes_world_config.json"), "w") as f:
             json.dump(dataclasses.asdict(config), f, indent=2)
+        # The generator's Arrow files in the HF cache are now a second copy: drop them.
+        dd.cleanup_cache_files()
+        dd = datasets.load_from_disk(path)
     return dd
 
 
