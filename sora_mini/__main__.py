@@ -65,6 +65,32 @@ def cmd_demo(args) -> None:
     print(f"\nwrote {mp4}\n      {gif}\n      {captions}")
 
 
+VAE_TRAIN_PRESETS = {
+    "tiny": dict(world="tiny", steps=2000, batch_size=8, num_frames=9),
+    "small": dict(world="small", steps=20000, batch_size=16, num_frames=17),
+    "base": dict(world="base", steps=100000, batch_size=32, num_frames=17),
+}
+
+
+def cmd_train_vae(args) -> None:
+    import dataclasses
+
+    from sora_mini import train, vae
+
+    if args.preset not in vae.VAE_PRESETS:
+        raise ValueError(f"unknown VAE preset {args.preset!r}; expected one of {sorted(vae.VAE_PRESETS)}")
+    p = VAE_TRAIN_PRESETS[args.preset]
+    tc = train.TrainConfig(steps=args.steps or p["steps"], batch_size=args.batch_size or p["batch_size"],
+                           num_frames=p["num_frames"])
+    world = data_lib.SHAPES_WORLD_PRESETS[p["world"]]
+    model = train.train_vae(vae.VAE_PRESETS[args.preset], tc, args.out, world)
+    if args.export:
+        command = "python -m sora_mini " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("__main__.py") else ""
+        vae.export_pretrained(model, args.export, run_dir=args.out, world=world,
+                              extra={"command": command, "train": dataclasses.asdict(tc)})
+        print(f"exported the VAE to {args.export}")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sora_mini",
                                      description="sora-mini: a small Sora-style text-to-video model in JAX.")
@@ -93,6 +119,14 @@ def main(argv=None) -> int:
     p.add_argument("--cols", type=int, default=4)
     p.add_argument("--scale", type=int, default=3, help="upscaling of each clip in the grid")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("train-vae", help="train the causal video VAE on the shapes world (resumes)")
+    p.add_argument("--preset", default="tiny", help="VAE preset (tiny, small, base)")
+    p.add_argument("--out", required=True, help="run directory: checkpoints, log.jsonl")
+    p.add_argument("--steps", type=int, help="training steps (default: the preset's)")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--export", help="after training, write the pretrained VAE (and its manifest) here")
+    p.set_defaults(func=cmd_train_vae)
 
     args = parser.parse_args(argv)
     try:

@@ -1,0 +1,158 @@
+"""Training loops: one jitted step, Optax AdamW with warm-up + cosine, Orbax checkpoints
+that resume exactly, a tqdm bar and a JSON-lines loss log.
+
+Chapter 02 trains the VAE here. The VAE sees a fresh, endless stream of shapes-world clips:
+the batch of step `s` is made from clip seeds `s * B ... s * B + B - 1` of the training
+range, and the noise key is `fold_in(key, s)`, so a run killed at step `s` and resumed from
+its checkpoint replays exactly the batches and keys an uninterrupted run would have used.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from flax import nnx
+from tqdm.auto import tqdm
+
+from sora_mini import data as data_lib
+from sora_mini import vae as vae_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 2000
+    batch_size: int = 8
+    num_frames: int = 9  # training clip length (1 + k * f_t); the VAE is convolutional in time
+    learning_rate: float = 2e-3
+    warmup_steps: int = 100
+    weight_decay: float = 1e-4
+    grad_clip: float = 1.0
+    save_every: int = 250
+    log_every: int = 10
+    keep_checkpoints: int = 2
+    seed: int = 0
+
+
+def make_optimizer(tc: TrainConfig) -> optax.GradientTransformation:
+    schedule = optax.warmup_cosine_decay_schedule(
+        0.0, tc.learning_rate, warmup_steps=tc.warmup_steps, decay_steps=max(tc.steps, tc.warmup_steps + 1),
+        end_value=tc.learning_rate * 0.01)
+    return optax.chain(optax.clip_by_global_norm(tc.grad_clip),
+                       optax.adamw(schedule, weight_decay=tc.weight_decay))
+
+
+def world_batch(world: data_lib.ShapesWorldConfig, step: int, batch_size: int) -> np.ndarray:
+    """`float32 [B, T, H, W, 3]` in [-1, 1]: the training clips of step `step`."""
+    seeds = range(step * batch_size, (step + 1) * batch_size)  # inside the train seed range
+    video = np.stack([data_lib.make_clip(world, s).video for s in seeds])
+    return video.astype(np.float32) / 127.5 - 1.0
+
+
+@nnx.jit
+def vae_train_step(model: vae_lib.VideoVAE, optimizer: nnx.Optimizer, video, key):
+    (_, metrics), grads = nnx.value_and_grad(vae_lib.vae_loss, has_aux=True)(model, video, key)
+    optimizer.update(model, grads)
+    metrics["grad_norm"] = optax.tree_utils.tree_l2_norm(grads)
+    return metrics
+
+
+def checkpoint_manager(directory: str, tc: TrainConfig) -> ocp.CheckpointManager:
+    return ocp.CheckpointManager(
+        os.path.abspath(directory),
+        options=ocp.CheckpointManagerOptions(max_to_keep=tc.keep_checkpoints, create=True))
+
+
+def train_vae(vae_config: vae_lib.VAEConfig, tc: TrainConfig, out_dir: str,
+              world: data_lib.ShapesWorldConfig | None = None, *, progress: bool = True,
+              stop_after: int | None = None) -> vae_lib.VideoVAE:
+    """Train (or resume training) a VAE; checkpoints and `log.jsonl` go to `out_dir`.
+
+    `stop_after` ends this call after that many steps (the run can be resumed later): it
+    is how tests simulate a kill. Returns the trained model."""
+    world = (world or data_lib.ShapesWorldConfig()).replace(num_frames=tc.num_frames, holdout="exclude")
+    vae_lib.check_video_shape(vae_config, world.num_frames, world.height, world.width)
+    os.makedirs(out_dir, exist_ok=True)
+    _write_json(os.path.join(out_dir, "train_config.json"),
+                {"vae": dataclasses.asdict(vae_config), "train": dataclasses.asdict(tc),
+                 "world": dataclasses.asdict(world)})
+
+    model = vae_lib.VideoVAE(vae_config, rngs=nnx.Rngs(tc.seed))
+    optimizer = nnx.Optimizer(model, make_optimizer(tc), wrt=nnx.Param)
+    manager = checkpoint_manager(os.path.join(out_dir, "checkpoints"), tc)
+    start = 0
+    if manager.latest_step() is not None:
+        start = manager.latest_step()
+        restored = manager.restore(start, args=ocp.args.Composite(
+            model=ocp.args.StandardRestore(nnx.state(model)),
+            opt=ocp.args.StandardRestore(nnx.state(optimizer))))
+        nnx.update(model, restored["model"])
+        nnx.update(optimizer, restored["opt"])
+        print(f"resumed from step {start} in {out_dir}")
+
+    key = jax.random.key(tc.seed)
+    end = tc.steps if stop_after is None else min(tc.steps, start + stop_after)
+    log_path = os.path.join(out_dir, "log.jsonl")
+    _truncate_log(log_path, start)
+    # Wall time accumulates across resumes: the manifest reports the whole run's cost.
+    t0 = time.perf_counter() - (read_log(out_dir)[-1]["time"] if start and os.path.exists(log_path) else 0.0)
+    with open(log_path, "a") as log:
+        bar = tqdm(range(start, end), initial=start, total=tc.steps, desc="train-vae", disable=not progress)
+        for step in bar:
+            video = jnp.asarray(world_batch(world, step, tc.batch_size))
+            metrics = vae_train_step(model, optimizer, video, jax.random.fold_in(key, step))
+            if (step + 1) % tc.log_every == 0 or step + 1 == end:
+                m = {k: float(v) for k, v in metrics.items()}
+                if not np.isfinite(m["loss"]):
+                    raise FloatingPointError(f"loss became {m['loss']} at step {step + 1}; the last good "
+                                             f"checkpoint is step {manager.latest_step()} in {out_dir}")
+                m["psnr"] = _psnr_from_mse(m["mse"])
+                log.write(json.dumps({"step": step + 1, "time": round(time.perf_counter() - t0, 2), **m}) + "\n")
+                log.flush()
+                bar.set_postfix(loss=f"{m['loss']:.4f}", psnr=f"{m['psnr']:.1f}")
+            if (step + 1) % tc.save_every == 0 or step + 1 == tc.steps:
+                _save(manager, step + 1, model, optimizer)
+    if end > start and manager.latest_step() != end:
+        _save(manager, end, model, optimizer)
+    manager.wait_until_finished()
+    manager.close()
+    return model
+
+
+def _save(manager, step, model, optimizer):
+    manager.save(step, args=ocp.args.Composite(model=ocp.args.StandardSave(nnx.state(model)),
+                                               opt=ocp.args.StandardSave(nnx.state(optimizer))))
+
+
+def _psnr_from_mse(mse: float) -> float:
+    # Videos live in [-1, 1]: a peak-to-peak range of 2, so PSNR = 10 log10(4 / mse).
+    return float(10 * np.log10(4.0 / max(mse, 1e-12)))
+
+
+def _truncate_log(path: str, step: int) -> None:
+    """Drop log lines past `step`, so a resumed run's log has no duplicated steps."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        lines = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+    with open(path, "w") as f:
+        f.writelines(lines)
+
+
+def _write_json(path: str, obj) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(tmp, path)
+
+
+def read_log(out_dir: str) -> list[dict]:
+    with open(os.path.join(out_dir, "log.jsonl")) as f:
+        return [json.loads(line) for line in f if line.strip()]

@@ -1,0 +1,472 @@
+"""A causal 3D-convolution video VAE (chapter 02).
+
+Sora works in the latent space of a "video compression network". Every open system since
+(Open-Sora-Plan, CogVideoX, HunyuanVideo, Wan) uses a *causal* 3D-convolution VAE: time
+is padded only from the past, so latent frame j depends only on input frames up to its
+window, and the first frame is encoded on its own. An image is then a one-frame video,
+and `T = 1 + k * f_t` frames map to `t = 1 + k` latent frames.
+
+    video [B, T, H, W, 3] in [-1, 1]
+      -> Encoder -> (mean, logvar) [B, 1 + (T-1)/f_t, H/f_s, W/f_s, c]
+      -> z = mean + exp(logvar / 2) * eps
+      -> Decoder -> video [B, T, H, W, 3]
+
+Everything that mixes information across frames is causal: the 3D convolutions (padded in
+time with copies of the first frame), the temporal down- and upsampling, and the
+normalisation (GroupNorm per frame, never over time).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+
+@dataclasses.dataclass(frozen=True)
+class VAEConfig:
+    """Shape of a `VideoVAE`. Downsampling stages halve H and W; the first
+    `log2(temporal_down)` of them also halve time (causally)."""
+
+    in_channels: int = 3
+    latent_channels: int = 8
+    channels: tuple[int, ...] = (16, 32, 64)  # width at full resolution, then after each stage
+    num_res_blocks: int = 1  # per resolution, in the encoder and the decoder
+    temporal_down: int = 2  # f_t in {1, 2, 4}
+    use_attention: bool = False  # per-frame self-attention in the bottleneck
+    groups: int = 8  # GroupNorm groups
+    kl_weight: float = 1e-6
+    l1_weight: float = 1.0
+    mse_weight: float = 1.0
+
+    def __post_init__(self):
+        if self.temporal_down not in (1, 2, 4):
+            raise ValueError(f"temporal_down must be 1, 2 or 4, got {self.temporal_down}")
+        stages = len(self.channels) - 1
+        if stages < 1 or 2 ** stages < self.temporal_down:
+            raise ValueError(f"{len(self.channels)} channel widths give {stages} downsampling stages, "
+                             f"too few for temporal_down={self.temporal_down}")
+        if any(c % self.groups for c in self.channels):
+            raise ValueError(f"every width in channels={self.channels} must divide by groups={self.groups}")
+        if not 1 <= self.latent_channels <= 64:
+            raise ValueError(f"latent_channels must lie in 1..64, got {self.latent_channels}")
+
+    @property
+    def spatial_down(self) -> int:
+        return 2 ** (len(self.channels) - 1)
+
+    def latent_shape(self, num_frames: int, height: int, width: int) -> tuple[int, int, int, int]:
+        """`(t, h, w, c)` of the latent of a `[T, H, W, 3]` video; raises on bad shapes."""
+        check_video_shape(self, num_frames, height, width)
+        return (1 + (num_frames - 1) // self.temporal_down, height // self.spatial_down,
+                width // self.spatial_down, self.latent_channels)
+
+
+VAE_PRESETS: dict[str, VAEConfig] = {
+    # 17x32x32x3 -> 9x8x8x8: 11x fewer numbers. Trains on this CPU in under an hour.
+    "tiny": VAEConfig(),
+    # 17x64x64x3 -> 5x8x8x16 (4x8x8, as Open-Sora and CogVideoX): a Colab GPU/TPU.
+    "small": VAEConfig(latent_channels=16, channels=(32, 64, 128, 128), num_res_blocks=2,
+                       temporal_down=4, use_attention=True, groups=16),
+    # Wider and deeper, for real accelerators and 128x128 clips.
+    "base": VAEConfig(latent_channels=16, channels=(64, 128, 256, 256), num_res_blocks=2,
+                      temporal_down=4, use_attention=True, groups=32),
+}
+
+
+def check_video_shape(config: VAEConfig, num_frames: int, height: int, width: int) -> None:
+    f_t, f_s = config.temporal_down, config.spatial_down
+    if num_frames < 1 or (num_frames - 1) % f_t:
+        k = max(0, (num_frames - 1) // f_t)
+        raise ValueError(f"the VAE needs T = 1 + k * {f_t} frames (e.g. {1 + k * f_t} or "
+                         f"{1 + (k + 1) * f_t}), got T={num_frames}")
+    if height % f_s or width % f_s or height <= 0 or width <= 0:
+        raise ValueError(f"the VAE needs H and W divisible by {f_s}, got {height}x{width}")
+
+
+# ----------------------------------------------------------------------------------------
+# Causal building blocks. All take and return [B, T, H, W, C].
+
+
+class CausalConv3d(nnx.Module):
+    """A 3D convolution that never looks at future frames.
+
+    Time is padded with `k_t - 1` copies of the first frame *in front* (none behind), so
+    output frame j sees input frames j - k_t + 1 .. j: the first output frame sees only
+    frame 0. Space is zero-padded ('SAME'). With `stride_t = 2`, output frame j sees
+    input frames up to 2j, and `T = 1 + 2m` frames become `1 + m`."""
+
+    def __init__(self, cin: int, cout: int, kernel=(3, 3, 3), stride=(1, 1, 1), *, rngs: nnx.Rngs):
+        self.kt = kernel[0]
+        self.conv = nnx.Conv(cin, cout, kernel, strides=stride,
+                             padding=((0, 0), (kernel[1] // 2,) * 2, (kernel[2] // 2,) * 2), rngs=rngs)
+
+    def __call__(self, x):
+        if self.kt > 1:
+            first = jnp.repeat(x[:, :1], self.kt - 1, axis=1)  # [B, k_t - 1, H, W, C]
+            x = jnp.concatenate([first, x], axis=1)
+        return self.conv(x)
+
+
+class FrameGroupNorm(nnx.Module):
+    """GroupNorm over (H, W, channel group) of each frame separately: statistics over
+    time would let later frames change earlier ones and break causality."""
+
+    def __init__(self, channels: int, groups: int, *, rngs: nnx.Rngs):
+        self.norm = nnx.GroupNorm(channels, num_groups=groups, rngs=rngs)
+
+    def __call__(self, x):
+        B, T = x.shape[:2]
+        return self.norm(x.reshape(B * T, *x.shape[2:])).reshape(x.shape)
+
+
+class ResBlock(nnx.Module):
+    """norm -> SiLU -> causal conv, twice, plus a (1x1x1-projected) skip."""
+
+    def __init__(self, cin: int, cout: int, groups: int, *, rngs: nnx.Rngs):
+        self.norm1 = FrameGroupNorm(cin, groups, rngs=rngs)
+        self.conv1 = CausalConv3d(cin, cout, rngs=rngs)
+        self.norm2 = FrameGroupNorm(cout, groups, rngs=rngs)
+        self.conv2 = CausalConv3d(cout, cout, rngs=rngs)
+        self.skip = CausalConv3d(cin, cout, (1, 1, 1), rngs=rngs) if cin != cout else None
+
+    def __call__(self, x):
+        h = self.conv1(nnx.silu(self.norm1(x)))
+        h = self.conv2(nnx.silu(self.norm2(h)))
+        return h + (self.skip(x) if self.skip is not None else x)
+
+
+class FrameAttention(nnx.Module):
+    """Self-attention over the pixels of each frame (not across frames: stays causal)."""
+
+    def __init__(self, channels: int, groups: int, *, rngs: nnx.Rngs):
+        self.norm = FrameGroupNorm(channels, groups, rngs=rngs)
+        self.qkv = nnx.Linear(channels, 3 * channels, rngs=rngs)
+        self.out = nnx.Linear(channels, channels, rngs=rngs)
+
+    def __call__(self, x):
+        B, T, H, W, C = x.shape
+        q, k, v = jnp.split(self.qkv(self.norm(x)).reshape(B * T, H * W, 1, 3 * C), 3, axis=-1)
+        h = jax.nn.dot_product_attention(q, k, v)  # [B*T, HW, 1 head, C]
+        return x + self.out(h.reshape(B, T, H, W, C))
+
+
+class Downsample(nnx.Module):
+    """Halve H and W, and optionally time (causally, keeping the first frame alone)."""
+
+    def __init__(self, channels: int, temporal: bool, *, rngs: nnx.Rngs):
+        self.conv = CausalConv3d(channels, channels, stride=(2 if temporal else 1, 2, 2), rngs=rngs)
+
+    def __call__(self, x):
+        return self.conv(x)
+
+
+class Upsample(nnx.Module):
+    """Double H and W (nearest), and optionally time: frame 0 stays one frame, every later
+    latent frame becomes two, so `1 + m` frames become `1 + 2m`. Then a causal conv."""
+
+    def __init__(self, cin: int, cout: int, temporal: bool, *, rngs: nnx.Rngs):
+        self.temporal = temporal
+        # Narrowing to `cout` here keeps the widest convolution off the largest grid.
+        self.conv = CausalConv3d(cin, cout, rngs=rngs)
+
+    def __call__(self, x):
+        x = jnp.repeat(jnp.repeat(x, 2, axis=2), 2, axis=3)
+        if self.temporal:
+            x = jnp.concatenate([x[:, :1], jnp.repeat(x[:, 1:], 2, axis=1)], axis=1)
+        return self.conv(x)
+
+
+# ----------------------------------------------------------------------------------------
+# Encoder, decoder, VAE.
+
+
+def _temporal_stages(config: VAEConfig) -> list[bool]:
+    n = int(math.log2(config.temporal_down))
+    return [i < n for i in range(len(config.channels) - 1)]
+
+
+class Encoder(nnx.Module):
+    def __init__(self, config: VAEConfig, *, rngs: nnx.Rngs):
+        ch, g = config.channels, config.groups
+        self.conv_in = CausalConv3d(config.in_channels, ch[0], rngs=rngs)
+        self.stages = nnx.List() if hasattr(nnx, "List") else []
+        for i, temporal in enumerate(_temporal_stages(config)):
+            blocks = [ResBlock(ch[i] if j == 0 else ch[i + 1], ch[i + 1], g, rngs=rngs)
+                      for j in range(config.num_res_blocks)]
+            self.stages.append(nnx.Sequential(Downsample(ch[i], temporal, rngs=rngs), *blocks))
+        self.mid = nnx.Sequential(
+            ResBlock(ch[-1], ch[-1], g, rngs=rngs),
+            *([FrameAttention(ch[-1], g, rngs=rngs)] if config.use_attention else []),
+            ResBlock(ch[-1], ch[-1], g, rngs=rngs))
+        self.norm_out = FrameGroupNorm(ch[-1], g, rngs=rngs)
+        self.conv_out = CausalConv3d(ch[-1], 2 * config.latent_channels, rngs=rngs)
+
+    def __call__(self, x):
+        h = self.conv_in(x)
+        for stage in self.stages:
+            h = stage(h)
+        h = self.mid(h)
+        return self.conv_out(nnx.silu(self.norm_out(h)))  # [B, t, h, w, 2c]
+
+
+class Decoder(nnx.Module):
+    def __init__(self, config: VAEConfig, *, rngs: nnx.Rngs):
+        ch, g = config.channels, config.groups
+        self.conv_in = CausalConv3d(config.latent_channels, ch[-1], rngs=rngs)
+        self.mid = nnx.Sequential(
+            ResBlock(ch[-1], ch[-1], g, rngs=rngs),
+            *([FrameAttention(ch[-1], g, rngs=rngs)] if config.use_attention else []),
+            ResBlock(ch[-1], ch[-1], g, rngs=rngs))
+        self.stages = nnx.List() if hasattr(nnx, "List") else []
+        for i, temporal in reversed(list(enumerate(_temporal_stages(config)))):
+            blocks = [ResBlock(ch[i], ch[i], g, rngs=rngs) for _ in range(config.num_res_blocks)]
+            self.stages.append(nnx.Sequential(Upsample(ch[i + 1], ch[i], temporal, rngs=rngs), *blocks))
+        self.norm_out = FrameGroupNorm(ch[0], g, rngs=rngs)
+        self.conv_out = CausalConv3d(ch[0], config.in_channels, rngs=rngs)
+
+    def __call__(self, z):
+        h = self.mid(self.conv_in(z))
+        for stage in self.stages:
+            h = stage(h)
+        return self.conv_out(nnx.silu(self.norm_out(h)))
+
+
+class VideoVAE(nnx.Module):
+    """`encode(video) -> (mean, logvar)`, `decode(z) -> video`, and `__call__` for training."""
+
+    def __init__(self, config: VAEConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        self.encoder = Encoder(config, rngs=rngs)
+        self.decoder = Decoder(config, rngs=rngs)
+
+    def _check(self, x, channels: int, what: str):
+        if x.ndim != 5 or x.shape[-1] != channels:
+            raise ValueError(f"{what} must be [B, T, H, W, {channels}], got shape {x.shape}")
+        if not jnp.issubdtype(x.dtype, jnp.floating):
+            raise ValueError(f"{what} must be floating point in [-1, 1], got {x.dtype} "
+                             "(convert uint8 videos with sora_mini.video.to_float)")
+
+    def encode(self, video):
+        """`float [B, T, H, W, 3]` in [-1, 1] -> `(mean, logvar)`, each `[B, t, h, w, c]`."""
+        self._check(video, self.config.in_channels, "video")
+        check_video_shape(self.config, *video.shape[1:4])
+        moments = self.encoder(video)
+        mean, logvar = jnp.split(moments, 2, axis=-1)
+        return mean, jnp.clip(logvar, -30.0, 20.0)
+
+    def decode(self, z):
+        """`[B, t, h, w, c]` -> `float [B, 1 + (t-1) * f_t, h * f_s, w * f_s, 3]`."""
+        self._check(z, self.config.latent_channels, "latent")
+        return self.decoder(z)
+
+    @classmethod
+    def from_pretrained(cls, path) -> VideoVAE:
+        """Load an exported VAE (`config.json` + `params/`, see `export_pretrained`) or the
+        latest checkpoint of a training run directory. Raises `FileNotFoundError` when
+        nothing is there and `ValueError` when the weights are corrupt."""
+        return _load_pretrained(cls, path)
+
+    def __call__(self, video, key):
+        """Reconstruct with the reparameterisation trick: returns `(recon, mean, logvar)`."""
+        mean, logvar = self.encode(video)
+        z = mean + jnp.exp(0.5 * logvar) * jax.random.normal(key, mean.shape, mean.dtype)
+        return self.decode(z), mean, logvar
+
+
+def vae_loss(model: VideoVAE, video, key):
+    """L1 + MSE reconstruction plus a lightly weighted KL to N(0, 1).
+
+    The KL weight is tiny on purpose: the VAE is a compressor first, and a latent that is
+    only roughly Gaussian is rescaled by `latent_scale` before diffusion anyway."""
+    c = model.config
+    recon, mean, logvar = model(video, key)
+    err = recon - video
+    l1 = jnp.mean(jnp.abs(err))
+    mse = jnp.mean(err ** 2)
+    kl = 0.5 * jnp.mean(jnp.sum(mean ** 2 + jnp.exp(logvar) - 1.0 - logvar, axis=-1))
+    loss = c.l1_weight * l1 + c.mse_weight * mse + c.kl_weight * kl
+    return loss, {"loss": loss, "l1": l1, "mse": mse, "kl": kl}
+
+
+def count_params(model: nnx.Module) -> int:
+    return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
+# ----------------------------------------------------------------------------------------
+# Quality: PSNR and SSIM per frame on held-out clips, and the latents' statistics.
+
+
+def psnr(a, b) -> jax.Array:
+    """Per-frame PSNR in dB of `uint8`-range videos `[..., T, H, W, 3]` -> `[..., T]`."""
+    mse = jnp.mean((jnp.asarray(a, jnp.float32) - jnp.asarray(b, jnp.float32)) ** 2, axis=(-3, -2, -1))
+    return 10.0 * jnp.log10(255.0 ** 2 / jnp.maximum(mse, 1e-10))
+
+
+def ssim(a, b, window: int = 7, sigma: float = 1.5) -> jax.Array:
+    """Per-frame SSIM (Wang et al. 2004, Gaussian window, per channel, averaged) of
+    `uint8`-range videos `[..., T, H, W, 3]` -> `[..., T]`. A 7-pixel window suits 32x32."""
+    a = jnp.asarray(a, jnp.float32)
+    b = jnp.asarray(b, jnp.float32)
+    lead, (H, W, C) = a.shape[:-3], a.shape[-3:]
+    a, b = a.reshape(-1, H, W, C), b.reshape(-1, H, W, C)
+    g = jnp.exp(-0.5 * ((jnp.arange(window) - (window - 1) / 2) / sigma) ** 2)
+    g = g / g.sum()
+    kernel = jnp.tile((g[:, None] * g[None, :])[:, :, None, None], (1, 1, 1, C))  # depthwise HWIO
+
+    def blur(x):
+        return jax.lax.conv_general_dilated(x, kernel, (1, 1), "VALID", feature_group_count=C,
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    mu_a, mu_b = blur(a), blur(b)
+    var_a = blur(a * a) - mu_a ** 2
+    var_b = blur(b * b) - mu_b ** 2
+    cov = blur(a * b) - mu_a * mu_b
+    s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (var_a + var_b + c2))
+    return s.mean(axis=(1, 2, 3)).reshape(lead)
+
+
+@nnx.jit
+def _reconstruct(model: VideoVAE, video):
+    mean, _ = model.encode(video)
+    return model.decode(mean), mean
+
+
+def evaluate(model: VideoVAE, world=None, n: int = 128, split: str = "test", batch_size: int = 16) -> dict:
+    """Reconstruction quality on `n` held-out shapes-world clips (their seed range never
+    meets training) and the statistics of the latent means.
+
+    Reconstructions use the posterior mean and are rounded to `uint8` first, as a viewer
+    would see them. `latent_scale` (1 / std of all latent values) is the factor the DiT
+    multiplies latents by, so that diffusion sees unit variance, as in Stable Diffusion."""
+    from sora_mini import data as data_lib
+
+    world = data_lib.split_config(world or data_lib.ShapesWorldConfig(), split)
+    offset = data_lib.SPLIT_SEED_OFFSETS[split]
+    psnrs, ssims, latents = [], [], []
+    for start in range(0, n, batch_size):
+        seeds = range(offset + start, offset + min(n, start + batch_size))
+        video = np.stack([data_lib.make_clip(world, s).video for s in seeds])
+        recon, mean = _reconstruct(model, jnp.asarray(video, jnp.float32) / 127.5 - 1.0)
+        recon = jnp.clip(jnp.round((recon + 1.0) * 127.5), 0, 255)
+        psnrs.append(np.asarray(psnr(recon, video)))
+        ssims.append(np.asarray(ssim(recon, video)))
+        latents.append(np.asarray(mean))
+    psnrs, ssims, z = np.concatenate(psnrs), np.concatenate(ssims), np.concatenate(latents)
+    flat = z.reshape(-1, z.shape[-1])
+    return {
+        "clips": int(n), "split": split, "frames": int(world.num_frames),
+        "psnr_db": float(psnrs.mean()), "psnr_db_per_frame": psnrs.mean(axis=0).round(2).tolist(),
+        "psnr_db_worst_clip": float(psnrs.mean(axis=1).min()),
+        "ssim": float(ssims.mean()), "ssim_per_frame": ssims.mean(axis=0).round(4).tolist(),
+        "latent_mean": flat.mean(axis=0).round(4).tolist(), "latent_std": flat.std(axis=0).round(4).tolist(),
+        "latent_scale": float(1.0 / flat.std()),
+        "compression": float(np.prod(video.shape[1:]) / np.prod(z.shape[1:])),
+    }
+
+
+# ----------------------------------------------------------------------------------------
+# Shipping weights: `export_pretrained` writes config + float16 weights + manifest,
+# `VideoVAE.from_pretrained` reads them (or a training run's latest checkpoint).
+
+PRETRAINED_DTYPE = jnp.float16  # halves the shipped size; the manifest's metrics are measured after the cast
+
+
+def _config_from_dict(raw: dict) -> VAEConfig:
+    return VAEConfig(**{**raw, "channels": tuple(raw["channels"])})
+
+
+def export_pretrained(model: VideoVAE, path: str, *, run_dir: str | None = None, world=None,
+                      extra: dict | None = None, eval_clips: int = 256) -> dict:
+    """Write `path/config.json`, `path/params/` (Orbax, float16) and `path/manifest.json`
+    (with held-out metrics of the *exported* weights). Returns the manifest."""
+    import json
+    import os
+    import shutil
+
+    import orbax.checkpoint as ocp
+
+    path = os.path.abspath(path)
+    params = jax.tree.map(lambda x: x.astype(PRETRAINED_DTYPE), nnx.state(model, nnx.Param))
+    tmp = path + ".partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    with open(os.path.join(tmp, "config.json"), "w") as f:
+        json.dump(dataclasses.asdict(model.config), f, indent=2)
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(os.path.join(tmp, "params"), params)
+    checkpointer.wait_until_finished()
+    checkpointer.close()
+    # Measure what we ship: reload the float16 weights and evaluate them.
+    shipped = VideoVAE.from_pretrained(tmp)
+    manifest = {"model": "VideoVAE", "config": dataclasses.asdict(model.config),
+                "params": count_params(model), "weights_dtype": jnp.dtype(PRETRAINED_DTYPE).name,
+                **(extra or {})}
+    if run_dir is not None:
+        from sora_mini import train
+
+        log = train.read_log(run_dir)
+        manifest.update(steps=log[-1]["step"], wall_time_s=log[-1]["time"],
+                        final_train_loss=log[-1]["loss"])
+    manifest["metrics"] = evaluate(shipped, world, n=eval_clips)
+    with open(os.path.join(tmp, "manifest.json"), "w") as f:
+        json.dump(manifest, f, indent=2)
+    # Replace the old export only once the new one is complete: never a half-written model.
+    if os.path.exists(path):
+        shutil.rmtree(path)
+    os.replace(tmp, path)
+    return manifest
+
+
+def _load_pretrained(cls, path: str) -> VideoVAE:
+    import json
+    import os
+
+    import orbax.checkpoint as ocp
+
+    path = os.path.abspath(os.fspath(path))
+    config_file = os.path.join(path, "config.json")
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"no pretrained VAE at {path}: train one with "
+                                "`python -m sora_mini train-vae --preset tiny --out DIR --export PATH`")
+    if os.path.exists(config_file) and os.path.isdir(os.path.join(path, "params")):
+        with open(config_file) as f:
+            config = _config_from_dict(json.load(f))
+        model = cls(config, rngs=nnx.Rngs(0))
+        target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, PRETRAINED_DTYPE),
+                              nnx.state(model, nnx.Param))
+        try:
+            with ocp.StandardCheckpointer() as ckptr:
+                params = ckptr.restore(os.path.join(path, "params"), target)
+        except Exception as e:
+            raise ValueError(f"the VAE weights in {path}/params are missing or corrupt "
+                             f"({type(e).__name__}: {str(e)[:200]})") from e
+        nnx.update(model, jax.tree.map(lambda x: x.astype(jnp.float32), params))
+        return model
+    if os.path.exists(os.path.join(path, "train_config.json")):  # a training run directory
+        from sora_mini import train
+
+        with open(os.path.join(path, "train_config.json")) as f:
+            config = _config_from_dict(json.load(f)["vae"])
+        model = cls(config, rngs=nnx.Rngs(0))
+        manager = train.checkpoint_manager(os.path.join(path, "checkpoints"), train.TrainConfig())
+        step = manager.latest_step()
+        if step is None:
+            raise FileNotFoundError(f"the training run {path} has no checkpoint yet")
+        try:
+            restored = manager.restore(step, args=ocp.args.Composite(
+                model=ocp.args.StandardRestore(nnx.state(model))))
+        except Exception as e:
+            raise ValueError(f"checkpoint {step} in {path} is corrupt ({type(e).__name__}: {str(e)[:200]})") from e
+        finally:
+            manager.close()
+        nnx.update(model, restored["model"])
+        return model
+    raise FileNotFoundError(f"{path} holds neither an exported VAE (config.json + params/) "
+                            "nor a training run (train_config.json + checkpoints/)")
+
