@@ -91,6 +91,21 @@ def cmd_train_vae(args) -> None:
         print(f"exported the VAE to {args.export}")
 
 
+def cmd_encode_latents(args) -> None:
+    import numpy as np
+
+    from sora_mini import vae
+
+    model = vae.VideoVAE.from_pretrained(args.vae)
+    ds = data_lib.load_shapes_world(args.data, args.split)
+    t0 = time.perf_counter()
+    cache = vae.encode_dataset(model, ds, args.batch_size)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    np.savez(args.out, **cache)
+    print(f"encoded {len(ds)} clips of {args.split} to latents {cache['mean'].shape[1:]} in "
+          f"{time.perf_counter() - t0:.1f}s -> {args.out}")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sora_mini",
                                      description="sora-mini: a small Sora-style text-to-video model in JAX.")
@@ -127,6 +142,14 @@ def main(argv=None) -> int:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--export", help="after training, write the pretrained VAE (and its manifest) here")
     p.set_defaults(func=cmd_train_vae)
+
+    p = sub.add_parser("encode-latents", help="encode a dataset split into a latent cache (.npz) for the DiT")
+    p.add_argument("--vae", default="data/pretrained/tiny/vae", help="exported VAE or training run directory")
+    p.add_argument("--data", default="data/shapes_world", help="dataset directory (build-data)")
+    p.add_argument("--split", default="train")
+    p.add_argument("--out", required=True, help="output .npz file")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.set_defaults(func=cmd_encode_latents)
 
     args = parser.parse_args(argv)
     try:

@@ -383,8 +383,9 @@ def _config_from_dict(raw: dict) -> VAEConfig:
 
 def export_pretrained(model: VideoVAE, path: str, *, run_dir: str | None = None, world=None,
                       extra: dict | None = None, eval_clips: int = 256) -> dict:
-    """Write `path/config.json`, `path/params/` (Orbax, float16) and `path/manifest.json`
-    (with held-out metrics of the *exported* weights). Returns the manifest."""
+    """Write `path/config.json`, `path/params/` (Orbax, float16), `path/manifest.json`
+    (with held-out metrics of the *exported* weights) and, from `run_dir`, the training
+    `log.jsonl`. Returns the manifest."""
     import json
     import os
     import shutil
@@ -411,6 +412,7 @@ def export_pretrained(model: VideoVAE, path: str, *, run_dir: str | None = None,
         from sora_mini import train
 
         log = train.read_log(run_dir)
+        shutil.copy(os.path.join(run_dir, "log.jsonl"), os.path.join(tmp, "log.jsonl"))  # for the loss curves
         manifest.update(steps=log[-1]["step"], wall_time_s=log[-1]["time"],
                         final_train_loss=log[-1]["loss"])
     manifest["metrics"] = evaluate(shipped, world, n=eval_clips)
@@ -470,3 +472,30 @@ def _load_pretrained(cls, path: str) -> VideoVAE:
     raise FileNotFoundError(f"{path} holds neither an exported VAE (config.json + params/) "
                             "nor a training run (train_config.json + checkpoints/)")
 
+
+
+# ----------------------------------------------------------------------------------------
+# A latent cache: the DiT trains on pre-encoded latents, as DiT and Open-Sora do.
+
+
+def encode_dataset(model: VideoVAE, dataset, batch_size: int = 32, progress: bool = True) -> dict:
+    """Encode every clip of a shapes-world split (`load_shapes_world(..., split)`) in order.
+
+    Returns `{"mean", "logvar": float32 [N, t, h, w, c], "caption": str [N], "seed": int64 [N]}`;
+    a DiT samples `z = mean + exp(logvar / 2) * eps` from it each epoch."""
+    from tqdm.auto import tqdm
+
+    encode = nnx.jit(lambda m, x: m.encode(x))
+    out = {"mean": [], "logvar": [], "caption": [], "seed": []}
+    columns = ("video", "caption", "seed")
+    n = len(dataset)
+    batches = ({c: np.asarray(v) for c, v in dataset[i:i + batch_size].items() if c in columns}
+               for i in range(0, n, batch_size))
+    for batch in tqdm(batches, total=-(-n // batch_size), desc="encode", disable=not progress):
+        video = jnp.asarray(batch["video"], jnp.float32) / 127.5 - 1.0
+        mean, logvar = encode(model, video)
+        out["mean"].append(np.asarray(mean))
+        out["logvar"].append(np.asarray(logvar))
+        out["caption"].append(np.asarray(batch["caption"]))
+        out["seed"].append(np.asarray(batch["seed"], np.int64))
+    return {k: np.concatenate(v) for k, v in out.items()}

@@ -176,3 +176,28 @@ def test_evaluate_reports_per_frame_quality():
     m = evaluate(model, WORLD16, n=4, batch_size=2)
     assert len(m["psnr_db_per_frame"]) == 5 and len(m["latent_std"]) == 4
     assert m["compression"] == pytest.approx((5 * 16 * 16 * 3) / (3 * 8 * 8 * 4))
+
+
+def test_encode_latents_cache(tmp_path):
+    import subprocess
+    import sys
+
+    model = VideoVAE(SMALL, rngs=nnx.Rngs(0))
+    export_pretrained(model, str(tmp_path / "vae"), world=WORLD16, eval_clips=2)
+    data.build_dataset(WORLD16, tmp_path / "ds", {"train": 5}, progress=False)
+    out = subprocess.run([sys.executable, "-m", "sora_mini", "encode-latents", "--vae", str(tmp_path / "vae"),
+                          "--data", str(tmp_path / "ds"), "--out", str(tmp_path / "lat.npz"), "--batch-size", "2"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    cache = np.load(tmp_path / "lat.npz")
+    assert cache["mean"].shape == (5, 3, 8, 8, 4) and cache["logvar"].shape == (5, 3, 8, 8, 4)
+    assert list(cache["seed"]) == list(range(5))
+    loaded = VideoVAE.from_pretrained(str(tmp_path / "vae"))
+    clip = data.make_clip(data.split_config(WORLD16, "train"), 3)
+    mean, _ = loaded.encode(jnp.asarray(clip.video[None], jnp.float32) / 127.5 - 1)
+    np.testing.assert_allclose(cache["mean"][3], mean[0], atol=1e-5)
+    assert cache["caption"][3] == clip.caption
+    missing = subprocess.run([sys.executable, "-m", "sora_mini", "encode-latents", "--vae", str(tmp_path / "nope"),
+                              "--data", str(tmp_path / "ds"), "--out", str(tmp_path / "x.npz")],
+                             capture_output=True, text=True)
+    assert missing.returncode == 2 and "no pretrained VAE" in missing.stderr
