@@ -2,7 +2,6 @@
 solutions swapped in (so the exercise checks are tested too), and check the committed
 notebooks are clean: no outputs, a title, a Colab badge, a setup and a parameters cell."""
 
-import os
 import pathlib
 import re
 import time
@@ -56,7 +55,7 @@ def _with_solutions(nb):
 
 @pytest.mark.notebook
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook_runs_in_fast_mode(path, tmp_path, monkeypatch):
+def test_notebook_runs_in_fast_mode(path, tmp_path, monkeypatch, record_property):
     monkeypatch.setenv("SORA_MINI_FAST", "1")
     monkeypatch.setenv("SORA_MINI_STRICT_EXERCISES", "1")
     monkeypatch.setenv("SORA_MINI_DATA_DIR", str(tmp_path / "data"))
@@ -66,8 +65,5 @@ def test_notebook_runs_in_fast_mode(path, tmp_path, monkeypatch):
     NotebookClient(nb, timeout=900, kernel_name="python3",
                    resources={"metadata": {"path": str(path.parent)}}).execute()
     seconds = time.perf_counter() - t0
-    print(f"\n{path.name}: {seconds:.1f}s in fast mode")
-    with open(ROOT / ".pytest_cache" / "notebook_times.txt" if (ROOT / ".pytest_cache").is_dir()
-              else os.devnull, "a") as f:
-        f.write(f"{path.name}\t{seconds:.1f}\n")
+    record_property("notebook_seconds", round(seconds, 1))  # printed in the summary (conftest.py)
     assert seconds < 600, f"{path.name} took {seconds:.0f}s; fast mode must stay within minutes"
