@@ -31,7 +31,11 @@ class TrainConfig:
     steps: int = 2000
     batch_size: int = 8
     num_frames: int = 9  # training clip length (1 + k * f_t); the VAE is convolutional in time
-    learning_rate: float = 2e-3
+    # Train on random crop_size x crop_size windows of each clip (None: whole frames). The
+    # VAE is fully convolutional, so it still encodes whole frames; crops buy ~4x more
+    # clips per CPU-second, and the quality on whole held-out frames is what we report.
+    crop_size: int | None = None
+    learning_rate: float = 5e-4
     warmup_steps: int = 100
     weight_decay: float = 1e-4
     grad_clip: float = 1.0
@@ -49,10 +53,19 @@ def make_optimizer(tc: TrainConfig) -> optax.GradientTransformation:
                        optax.adamw(schedule, weight_decay=tc.weight_decay))
 
 
-def world_batch(world: data_lib.ShapesWorldConfig, step: int, batch_size: int) -> np.ndarray:
-    """`float32 [B, T, H, W, 3]` in [-1, 1]: the training clips of step `step`."""
+def world_batch(world: data_lib.ShapesWorldConfig, step: int, batch_size: int,
+                crop_size: int | None = None) -> np.ndarray:
+    """`float32 [B, T, H, W, 3]` in [-1, 1]: the training clips of step `step`, each cut to a
+    random `crop_size` square (the crop offsets, too, are a function of `step`)."""
     seeds = range(step * batch_size, (step + 1) * batch_size)  # inside the train seed range
     video = np.stack([data_lib.make_clip(world, s).video for s in seeds])
+    if crop_size is not None:
+        if not 0 < crop_size <= min(world.height, world.width):
+            raise ValueError(f"crop_size must lie in 1..{min(world.height, world.width)}, got {crop_size}")
+        rng = np.random.default_rng([step, 7])
+        ys = rng.integers(0, world.height - crop_size + 1, batch_size)
+        xs = rng.integers(0, world.width - crop_size + 1, batch_size)
+        video = np.stack([v[:, y:y + crop_size, x:x + crop_size] for v, y, x in zip(video, ys, xs)])
     return video.astype(np.float32) / 127.5 - 1.0
 
 
@@ -78,7 +91,8 @@ def train_vae(vae_config: vae_lib.VAEConfig, tc: TrainConfig, out_dir: str,
     `stop_after` ends this call after that many steps (the run can be resumed later): it
     is how tests simulate a kill. Returns the trained model."""
     world = (world or data_lib.ShapesWorldConfig()).replace(num_frames=tc.num_frames, holdout="exclude")
-    vae_lib.check_video_shape(vae_config, world.num_frames, world.height, world.width)
+    side = tc.crop_size or None
+    vae_lib.check_video_shape(vae_config, world.num_frames, side or world.height, side or world.width)
     os.makedirs(out_dir, exist_ok=True)
     _write_json(os.path.join(out_dir, "train_config.json"),
                 {"vae": dataclasses.asdict(vae_config), "train": dataclasses.asdict(tc),
@@ -106,7 +120,7 @@ def train_vae(vae_config: vae_lib.VAEConfig, tc: TrainConfig, out_dir: str,
     with open(log_path, "a") as log:
         bar = tqdm(range(start, end), initial=start, total=tc.steps, desc="train-vae", disable=not progress)
         for step in bar:
-            video = jnp.asarray(world_batch(world, step, tc.batch_size))
+            video = jnp.asarray(world_batch(world, step, tc.batch_size, tc.crop_size))
             metrics = vae_train_step(model, optimizer, video, jax.random.fold_in(key, step))
             if (step + 1) % tc.log_every == 0 or step + 1 == end:
                 m = {k: float(v) for k, v in metrics.items()}

@@ -201,3 +201,17 @@ def test_encode_latents_cache(tmp_path):
                               "--data", str(tmp_path / "ds"), "--out", str(tmp_path / "x.npz")],
                              capture_output=True, text=True)
     assert missing.returncode == 2 and "no pretrained VAE" in missing.stderr
+
+
+def test_world_batch_crops_are_seeded_windows_of_the_clips():
+    world = data.ShapesWorldConfig(num_frames=5)
+    full = train.world_batch(world, 3, 4)
+    crops = train.world_batch(world, 3, 4, crop_size=16)
+    assert full.shape == (4, 5, 32, 32, 3) and crops.shape == (4, 5, 16, 16, 3)
+    np.testing.assert_array_equal(crops, train.world_batch(world, 3, 4, crop_size=16))
+    for clip, crop in zip(full, crops):  # each crop is a window of its own clip
+        found = any(np.array_equal(clip[:, y:y + 16, x:x + 16], crop) for y in range(17) for x in range(17))
+        assert found
+    np.testing.assert_array_equal(full[0], data.make_clip(world, 12).video / np.float32(127.5) - 1)  # seeds 4*3..
+    with pytest.raises(ValueError, match="crop_size must lie in"):
+        train.world_batch(world, 0, 2, crop_size=40)
