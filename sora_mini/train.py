@@ -94,9 +94,17 @@ def train_vae(vae_config: vae_lib.VAEConfig, tc: TrainConfig, out_dir: str,
     side = tc.crop_size or None
     vae_lib.check_video_shape(vae_config, world.num_frames, side or world.height, side or world.width)
     os.makedirs(out_dir, exist_ok=True)
-    _write_json(os.path.join(out_dir, "train_config.json"),
-                {"vae": dataclasses.asdict(vae_config), "train": dataclasses.asdict(tc),
-                 "world": dataclasses.asdict(world)})
+    run = json.loads(json.dumps({"vae": dataclasses.asdict(vae_config), "train": dataclasses.asdict(tc),
+                                 "world": dataclasses.asdict(world)}))  # tuples -> lists, as on disk
+    config_path = os.path.join(out_dir, "train_config.json")
+    if os.path.exists(config_path):
+        with open(config_path) as f:
+            previous = json.load(f)
+        if previous != run:  # resuming someone else's run would fail deep inside Orbax, or worse, not fail
+            changed = sorted(k for k in run if previous.get(k) != run[k])
+            raise ValueError(f"{out_dir} holds a run with a different {', '.join(changed)} config; "
+                             "resume it with the same settings or choose another --out")
+    _write_json(config_path, run)
 
     model = vae_lib.VideoVAE(vae_config, rngs=nnx.Rngs(tc.seed))
     optimizer = nnx.Optimizer(model, make_optimizer(tc), wrt=nnx.Param)

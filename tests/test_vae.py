@@ -215,3 +215,12 @@ def test_world_batch_crops_are_seeded_windows_of_the_clips():
     np.testing.assert_array_equal(full[0], data.make_clip(world, 12).video / np.float32(127.5) - 1)  # seeds 4*3..
     with pytest.raises(ValueError, match="crop_size must lie in"):
         train.world_batch(world, 0, 2, crop_size=40)
+
+
+def test_resuming_with_other_settings_is_refused(tmp_path):
+    tc = train.TrainConfig(steps=2, **TINY_TRAIN)
+    train.train_vae(SMALL, tc, str(tmp_path / "run"), WORLD16, progress=False)
+    before = sorted(os.listdir(tmp_path / "run" / "checkpoints"))
+    with pytest.raises(ValueError, match="different vae config"):
+        train.train_vae(SMALL_T4, tc, str(tmp_path / "run"), WORLD16, progress=False)
+    assert sorted(os.listdir(tmp_path / "run" / "checkpoints")) == before  # saved state untouched
