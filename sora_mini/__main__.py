@@ -102,6 +102,8 @@ def cmd_encode_latents(args) -> None:
     ds = data_lib.load_shapes_world(args.data, args.split)
     t0 = time.perf_counter()
     cache = vae.encode_dataset(model, ds, args.batch_size)
+    if not args.out.endswith(".npz"):
+        args.out += ".npz"  # np.savez would add it silently; say the real name
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     np.savez(args.out, **cache)
     print(f"encoded {len(ds)} clips of {args.split} to latents {cache['mean'].shape[1:]} in "

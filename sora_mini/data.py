@@ -359,22 +359,39 @@ def _describe_group(rng, tracks: Sequence[ObjectTrack]) -> str:
     verb = _MOTION_PHRASES[key][rng.integers(len(_MOTION_PHRASES[key]))][number]
     adverb = str(rng.choice(_SPEED_WORDS[first.speed])) if first.motion == "linear" else ""
     parts = [subject, f"{adverb} {verb}".strip()]
-    if first.motion in _BOUNCE_PHRASES and any(t.bounced.any() for t in tracks):
+    if first.motion in _BOUNCE_PHRASES and first.bounced.any():  # the whole group bounced (group key)
         phrases = _BOUNCE_PHRASES[first.motion]
         parts.append("and " + phrases[rng.integers(len(phrases))][number])
-    hidden = [t.behind_pillar & ~t.visible for t in tracks]
-    if any(h.any() for h in hidden):
-        # Comes back out if, after its first hidden frame, it is ever seen again.
-        back = any(h.any() and t.visible[np.argmax(h):].any() for h, t in zip(hidden, tracks))
-        phrases = _PILLAR_PHRASES["passes" if back else "hides"]
+    event = pillar_event(first)
+    if event:
+        phrases = _PILLAR_PHRASES[event]
         parts.append("and " + phrases[rng.integers(len(phrases))][number])
     return " ".join(parts)
+
+
+def pillar_event(track: ObjectTrack) -> str:
+    """'passes' (seen, hidden by the pillar, seen again), 'hides' (seen, then hidden by the
+    pillar to the end) or '' (no such event)."""
+    hidden = track.behind_pillar & ~track.visible
+    if not hidden.any():
+        return ""
+    first = int(np.argmax(hidden))
+    if not track.visible[:first].any():
+        return ""  # never seen before it was hidden: claim nothing
+    return "passes" if track.visible[first:].any() else "hides"
+
+
+def caption_group_key(track: ObjectTrack) -> tuple:
+    """Objects share a clause ("two red circles ...") only when everything the clause says
+    is true of each of them: looks, motion, and whether it bounced or met the pillar."""
+    return (track.shape, track.color, track.size, track.motion, track.direction, track.speed,
+            bool(track.bounced.any()), pillar_event(track))
 
 
 def _caption(rng, tracks: Sequence[ObjectTrack], background: str) -> str:
     groups: dict[tuple, list[ObjectTrack]] = {}
     for t in tracks:
-        groups.setdefault((t.shape, t.color, t.size, t.motion, t.direction, t.speed), []).append(t)
+        groups.setdefault(caption_group_key(t), []).append(t)
     clauses = [_describe_group(rng, g) for g in groups.values()]
     text = clauses[0]
     for clause in clauses[1:]:
@@ -421,13 +438,20 @@ def make_clip(config: ShapesWorldConfig, seed: int) -> Clip:
     placed: list[tuple[np.ndarray, float]] = []
     for shape, color, size, motion, direction, speed in specs:
         radius = SIZES[size] * scale
-        for _ in range(50):  # rejection-sample a start that does not overlap earlier objects
+        if pillar is not None and motion == "linear" and not placed:
+            # The pillar crosser starts on the side of the pillar that has room for it.
+            room_left = pillar[0] - radius > radius
+            if direction == "right" and not room_left:
+                direction = "left"
+            elif direction == "left" and pillar[2] + radius >= W - radius:
+                direction = "right"
+        for attempt in range(60):  # rejection-sample a start in view
             start = np.array([rng.uniform(radius, W - radius), rng.uniform(radius, H - radius)])
             if motion == "fall":
                 start[1] = rng.uniform(radius, 0.4 * H)
-            elif motion == "linear" and rng.random() < 0.7:
-                # Mostly start on the side it moves away from, so most clips show the
-                # captioned direction for long, and some still bounce.
+            elif motion == "linear" and attempt < 40:
+                # Start on the side it moves away from: the captioned direction is then what
+                # the clip shows for most of its length (fast movers still bounce).
                 for axis, extent in ((0, W), (1, H)):
                     d = DIRECTIONS[direction][axis]
                     if d:
@@ -438,8 +462,12 @@ def make_clip(config: ShapesWorldConfig, seed: int) -> Clip:
                 x0, _, x1, _ = pillar
                 start[0] = (rng.uniform(radius, max(radius, x0 - radius)) if direction == "right"
                             else rng.uniform(min(W - radius, x1 + radius), W - radius))
-            if all(np.linalg.norm(start - p) > radius + r + 1.0 for p, r in placed):
+            # Start in view: clear of the pillar and of every earlier object.
+            clear = pillar is None or not (pillar[0] - radius < start[0] < pillar[2] + radius)
+            if clear and all(np.linalg.norm(start - p) > radius + r + 1.0 for p, r in placed):
                 break
+        else:
+            continue  # no room for this object: leave it out rather than start it hidden
         placed.append((start, radius))
         position, velocity, bounced = simulate(config, motion, direction, speed, radius, start)
         tracks_geometry.append((shape, color, radius, position))
@@ -626,7 +654,8 @@ def load_shapes_world(source: str | os.PathLike, split: str | None = None):
     source = os.fspath(source)
     if os.path.isdir(source):
         ds = datasets.load_from_disk(source)
-    elif re.fullmatch(r"[\w.-]+/[\w.-]+", source) and not source.startswith("."):
+    elif (re.fullmatch(r"[\w.-]+/[\w.-]+", source) and not source.startswith(".")
+          and not os.path.isdir(source.split("/")[0])):  # "data/shapes_world" is local, not a hub id
         try:  # an "owner/name" hub id: only reachable online
             ds = datasets.load_dataset(source)
         except Exception as e:
@@ -659,8 +688,21 @@ def iterate_batches(dataset, batch_size: int, *, seed: int = 0, columns: Sequenc
     `np.random.default_rng([seed, e])`, so the order is the same on every run and every
     host. `prefetch > 0` reads that many batches ahead on a background thread (in-process:
     no worker processes, which hung on these machines)."""
+    # Checked here, eagerly: this function is not a generator, the one it returns is.
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if hasattr(dataset, "column_names") and isinstance(dataset.column_names, Mapping):
+        raise ValueError(f"got a DatasetDict with splits {list(dataset)}; pass one split, e.g. dataset['train']")
+    if hasattr(dataset, "select_columns"):  # an HF Dataset: never decode columns we don't hand out
+        missing = [c for c in columns if c not in dataset.column_names]
+        if missing:
+            raise ValueError(f"columns {missing} not in the dataset; it has {dataset.column_names}")
+        dataset = dataset.select_columns(list(columns))
+    elif isinstance(dataset, Mapping):  # arrays (or an .npz): load each column once
+        missing = [c for c in columns if c not in dataset]
+        if missing:
+            raise ValueError(f"columns {missing} not in the arrays; they have {list(dataset)}")
+        dataset = {c: np.asarray(dataset[c]) for c in columns}
     n = len(next(iter(dataset.values()))) if isinstance(dataset, Mapping) else len(dataset)
     if drop_remainder and n < batch_size:
         raise ValueError(f"dataset has {n} examples, fewer than one batch of {batch_size}")
@@ -673,7 +715,7 @@ def iterate_batches(dataset, batch_size: int, *, seed: int = 0, columns: Sequenc
 
     def take(index: np.ndarray) -> dict[str, np.ndarray]:
         if isinstance(dataset, Mapping):
-            return {c: np.asarray(dataset[c])[index] for c in columns}
+            return {c: dataset[c][index] for c in columns}
         rows = dataset[index.tolist()]
         return {c: np.asarray(rows[c], dtype=dtypes.get(c)) for c in columns}
 
@@ -686,10 +728,7 @@ def iterate_batches(dataset, batch_size: int, *, seed: int = 0, columns: Sequenc
                 yield take(order[start:start + batch_size])
             epoch += 1
 
-    if prefetch <= 0:
-        yield from batches()
-        return
-    yield from _prefetch(batches(), prefetch)
+    return batches() if prefetch <= 0 else _prefetch(batches(), prefetch)
 
 
 def _prefetch(iterator, size: int):
@@ -697,20 +736,26 @@ def _prefetch(iterator, size: int):
     q: queue.Queue = queue.Queue(maxsize=size)
     done, stop = object(), threading.Event()
 
+    def put(item) -> bool:
+        """Block until there is room, unless the consumer has gone."""
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
     def worker():
         try:
             for item in iterator:
-                while not stop.is_set():
-                    try:
-                        q.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
+                if not put(item):
                     return
-            q.put(done)
+            put(done)
         except BaseException as e:  # hand the error to the consumer
-            q.put(e)
+            put(e)
+        finally:
+            iterator.close()
 
     thread = threading.Thread(target=worker, daemon=True)
     thread.start()

@@ -77,10 +77,14 @@ def vae_train_step(model: vae_lib.VideoVAE, optimizer: nnx.Optimizer, video, key
     return metrics
 
 
-def checkpoint_manager(directory: str, tc: TrainConfig) -> ocp.CheckpointManager:
-    return ocp.CheckpointManager(
-        os.path.abspath(directory),
-        options=ocp.CheckpointManagerOptions(max_to_keep=tc.keep_checkpoints, create=True))
+def checkpoint_manager(directory: str, tc: TrainConfig | None = None, read_only: bool = False
+                       ) -> ocp.CheckpointManager:
+    """Orbax manager for a run's `checkpoints/`; `read_only` for loading (creates and deletes nothing)."""
+    if read_only:
+        options = ocp.CheckpointManagerOptions(read_only=True, create=False)
+    else:
+        options = ocp.CheckpointManagerOptions(max_to_keep=tc.keep_checkpoints, create=True)
+    return ocp.CheckpointManager(os.path.abspath(directory), options=options)
 
 
 def train_vae(vae_config: vae_lib.VAEConfig, tc: TrainConfig, out_dir: str,
@@ -90,7 +94,8 @@ def train_vae(vae_config: vae_lib.VAEConfig, tc: TrainConfig, out_dir: str,
 
     `stop_after` ends this call after that many steps (the run can be resumed later): it
     is how tests simulate a kill. Returns the trained model."""
-    world = (world or data_lib.ShapesWorldConfig()).replace(num_frames=tc.num_frames, holdout="exclude")
+    world = (world or data_lib.ShapesWorldConfig()).replace(
+        num_frames=tc.num_frames, temporal_factor=vae_config.temporal_down, holdout="exclude")
     side = tc.crop_size or None
     vae_lib.check_video_shape(vae_config, world.num_frames, side or world.height, side or world.width)
     os.makedirs(out_dir, exist_ok=True)
@@ -101,8 +106,9 @@ def train_vae(vae_config: vae_lib.VAEConfig, tc: TrainConfig, out_dir: str,
         with open(config_path) as f:
             previous = json.load(f)
         if previous != run:  # resuming someone else's run would fail deep inside Orbax, or worse, not fail
-            changed = sorted(k for k in run if previous.get(k) != run[k])
-            raise ValueError(f"{out_dir} holds a run with a different {', '.join(changed)} config; "
+            changed = [f"{part}.{k}: {previous.get(part, {}).get(k)!r} -> {v!r}" for part in run
+                       for k, v in run[part].items() if previous.get(part, {}).get(k) != v]
+            raise ValueError(f"{out_dir} holds a run with different settings ({'; '.join(changed)}); "
                              "resume it with the same settings or choose another --out")
     _write_json(config_path, run)
 
@@ -124,27 +130,32 @@ def train_vae(vae_config: vae_lib.VAEConfig, tc: TrainConfig, out_dir: str,
     log_path = os.path.join(out_dir, "log.jsonl")
     _truncate_log(log_path, start)
     # Wall time accumulates across resumes: the manifest reports the whole run's cost.
-    t0 = time.perf_counter() - (read_log(out_dir)[-1]["time"] if start and os.path.exists(log_path) else 0.0)
-    with open(log_path, "a") as log:
-        bar = tqdm(range(start, end), initial=start, total=tc.steps, desc="train-vae", disable=not progress)
-        for step in bar:
-            video = jnp.asarray(world_batch(world, step, tc.batch_size, tc.crop_size))
-            metrics = vae_train_step(model, optimizer, video, jax.random.fold_in(key, step))
-            if (step + 1) % tc.log_every == 0 or step + 1 == end:
-                m = {k: float(v) for k, v in metrics.items()}
-                if not np.isfinite(m["loss"]):
-                    raise FloatingPointError(f"loss became {m['loss']} at step {step + 1}; the last good "
-                                             f"checkpoint is step {manager.latest_step()} in {out_dir}")
-                m["psnr"] = _psnr_from_mse(m["mse"])
-                log.write(json.dumps({"step": step + 1, "time": round(time.perf_counter() - t0, 2), **m}) + "\n")
-                log.flush()
-                bar.set_postfix(loss=f"{m['loss']:.4f}", psnr=f"{m['psnr']:.1f}")
-            if (step + 1) % tc.save_every == 0 or step + 1 == tc.steps:
-                _save(manager, step + 1, model, optimizer)
-    if end > start and manager.latest_step() != end:
-        _save(manager, end, model, optimizer)
-    manager.wait_until_finished()
-    manager.close()
+    earlier = read_log(out_dir) if start and os.path.exists(log_path) else []
+    t0 = time.perf_counter() - (earlier[-1]["time"] if earlier else 0.0)
+    try:
+        with open(log_path, "a") as log:
+            bar = tqdm(range(start, end), initial=start, total=tc.steps, desc="train-vae", disable=not progress)
+            for step in bar:
+                video = jnp.asarray(world_batch(world, step, tc.batch_size, tc.crop_size))
+                metrics = vae_train_step(model, optimizer, video, jax.random.fold_in(key, step))
+                log_now = (step + 1) % tc.log_every == 0 or step + 1 == end
+                save_now = (step + 1) % tc.save_every == 0 or step + 1 == end
+                if log_now or save_now:  # never save a model whose loss is not finite
+                    m = {k: float(v) for k, v in metrics.items()}
+                    if not np.isfinite(m["loss"]):
+                        manager.wait_until_finished()
+                        raise FloatingPointError(
+                            f"loss became {m['loss']} at step {step + 1}; the last good checkpoint is step "
+                            f"{manager.latest_step()} in {out_dir}")
+                    m["psnr"] = _psnr_from_mse(m["mse"])
+                    log.write(json.dumps({"step": step + 1, "time": round(time.perf_counter() - t0, 2), **m}) + "\n")
+                    log.flush()
+                    bar.set_postfix(loss=f"{m['loss']:.4f}", psnr=f"{m['psnr']:.1f}")
+                if save_now:
+                    _save(manager, step + 1, model, optimizer)
+    finally:  # also on errors and Ctrl-C: finish the pending save, release the manager
+        manager.wait_until_finished()
+        manager.close()
     return model
 
 

@@ -456,15 +456,18 @@ def _load_pretrained(cls, path: str) -> VideoVAE:
         with open(os.path.join(path, "train_config.json")) as f:
             config = _config_from_dict(json.load(f)["vae"])
         model = cls(config, rngs=nnx.Rngs(0))
-        manager = train.checkpoint_manager(os.path.join(path, "checkpoints"), train.TrainConfig())
-        step = manager.latest_step()
-        if step is None:
+        if not os.path.isdir(os.path.join(path, "checkpoints")):
             raise FileNotFoundError(f"the training run {path} has no checkpoint yet")
+        manager = train.checkpoint_manager(os.path.join(path, "checkpoints"), read_only=True)
         try:
-            restored = manager.restore(step, args=ocp.args.Composite(
-                model=ocp.args.StandardRestore(nnx.state(model))))
-        except Exception as e:
-            raise ValueError(f"checkpoint {step} in {path} is corrupt ({type(e).__name__}: {str(e)[:200]})") from e
+            step = manager.latest_step()
+            if step is None:
+                raise FileNotFoundError(f"the training run {path} has no checkpoint yet")
+            try:
+                restored = manager.restore(step, args=ocp.args.Composite(
+                    model=ocp.args.StandardRestore(nnx.state(model))))
+            except Exception as e:
+                raise ValueError(f"checkpoint {step} in {path} is corrupt ({type(e).__name__}: {str(e)[:200]})") from e
         finally:
             manager.close()
         nnx.update(model, restored["model"])

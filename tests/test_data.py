@@ -80,8 +80,7 @@ def test_caption_agrees_with_ground_truth(clips):
         assert nouns == {o.shape for o in clip.objects}, clip.caption
         # Every object's colour-shape phrase appears, with the right count for its group.
         for o in clip.objects:
-            same = [p for p in clip.objects if (p.shape, p.color, p.size, p.motion, p.direction, p.speed)
-                    == (o.shape, o.color, o.size, o.motion, o.direction, o.speed)]
+            same = [p for p in clip.objects if data.caption_group_key(p) == data.caption_group_key(o)]
             noun = o.shape if len(same) == 1 else o.shape + "s"
             sizes = {"small": "small|little", "large": "large|big"}[o.size]
             count = "|".join(_count_word(len(same)))
@@ -286,3 +285,24 @@ def test_prefetch_reraises_errors_and_stops_early():
     it = data.iterate_batches({"x": np.arange(100)}, 2, columns=("x",), prefetch=3)
     next(it)
     it.close()  # leaving early must not hang the background thread
+
+
+def test_pillar_phrases_are_true(clips):
+    passes = ("passes behind", "pass behind", "comes back out", "come back out")
+    hides = ("disappears behind", "disappear behind", "hides behind", "hide behind")
+    for clip in clips:
+        events = {data.pillar_event(o) for o in clip.objects}
+        assert any(p in clip.caption for p in passes) == ("passes" in events), clip.caption
+        assert any(p in clip.caption for p in hides) == ("hides" in events), clip.caption
+        for o in clip.objects:
+            assert o.visible[0], "every object starts in view"
+
+
+def test_iterate_batches_rejects_bad_inputs_eagerly(saved_dataset):
+    dd = data.load_shapes_world(saved_dataset)
+    with pytest.raises(ValueError, match="pass one split"):
+        data.iterate_batches(dd, 4)
+    with pytest.raises(ValueError, match=r"columns \['vidoe'\] not in the dataset"):
+        data.iterate_batches(dd["train"], 4, columns=("vidoe",))
+    with pytest.raises(ValueError, match="not in the arrays"):
+        data.iterate_batches({"x": np.arange(8)}, 4, columns=("y",))
