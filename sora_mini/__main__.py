@@ -48,6 +48,10 @@ def cmd_demo(args) -> None:
     if not os.path.exists(os.path.join(args.data, "shapes_world_config.json")):
         print(f"building the shapes world into {args.data} ...")
         cmd_build_data(argparse.Namespace(**{**vars(args), "out": args.data}))
+    elif data_lib.load_config(args.data) != config:
+        saved = data_lib.load_config(args.data)
+        raise ValueError(f"{args.data} holds a {saved.num_frames}x{saved.height}x{saved.width} shapes world, not the "
+                         f"requested {config.num_frames}x{config.height}x{config.width}; pass another --data")
     ds = data_lib.load_shapes_world(args.data, "train")
     n = args.rows * args.cols
     rows = ds[:n]

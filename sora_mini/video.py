@@ -58,7 +58,10 @@ def write_video(path: str | os.PathLike, video, fps: int = 8) -> str:
     if path.endswith(".gif"):
         mediapy.write_video(path, video, fps=fps, codec="gif")
     elif path.endswith(".mp4"):
-        # H.264 wants even sides; yuv444 would keep colours exact but most players refuse it.
+        # H.264 in yuv420p (what every player reads) needs even sides: pad odd ones by one
+        # edge pixel rather than let mediapy fall back to yuv444p, which many players refuse.
+        T, H, W, _ = video.shape
+        video = np.pad(video, ((0, 0), (0, H % 2), (0, W % 2), (0, 0)), mode="edge")
         mediapy.write_video(path, video, fps=fps, codec="h264", qp=10)
     else:
         raise ValueError(f"unsupported video file {path!r}: expected a .mp4 or .gif suffix")

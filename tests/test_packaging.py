@@ -67,6 +67,9 @@ def test_cli_demo_writes_grid_and_captions(tmp_path):
     captions = (tmp_path / "out" / "captions.txt").read_text().splitlines()
     assert len(captions) == 6 and captions[0].startswith("row 1, col 1: ")
     assert (tmp_path / "out" / "shapes_world_grid.gif").stat().st_size > 1000
+    other = subprocess.run([sys.executable, "-m", "sora_mini", "demo", "--data", str(tmp_path / "data"),
+                            "--out", str(tmp_path / "out2"), "--size", "64"], capture_output=True, text=True)
+    assert other.returncode == 2 and "not the requested 17x64x64" in other.stderr
 
 
 def test_fast_mode_switch(monkeypatch):

@@ -53,3 +53,10 @@ def test_grid_and_conversions(clip_video):
     assert f.dtype == np.float32 and f.min() >= -1 and f.max() <= 1
     with pytest.raises(ValueError, match="share one shape"):
         video.video_grid([clip_video, clip_video[:5]], cols=2)
+
+
+def test_odd_sizes_are_padded_to_even_for_h264(tmp_path, clip_video):
+    odd = np.ascontiguousarray(clip_video[:, :31, :29])
+    back = video.read_video(video.write_video(tmp_path / "odd.mp4", odd))
+    assert back.shape == (17, 32, 30, 3)
+    assert np.abs(back[:, :31, :29].astype(float) - odd).mean() < 6.0
