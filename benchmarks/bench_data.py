@@ -7,12 +7,12 @@ preset), and the wall time to build and save a Hugging Face dataset of N clips.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import tempfile
 import time
 
+from _report import report
 from sora_mini import data
 
 
@@ -59,10 +59,8 @@ def main() -> None:
                    loader_clips_per_s=round(seen / load, 1))
     print(f"build + save a {args.n}-clip dataset (tiny, num_proc={args.num_proc}): {build:.1f}s "
           f"({args.n / build:.0f} clips/s)")
-    print(f"iterate_batches(64) over it: {seen / load:.0f} clips/s")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
+    print(f"iterate_batches(64) over it: {seen / load:.0f} clips/s\n")
+    report(results, args.json)
 
 
 if __name__ == "__main__":

@@ -7,12 +7,12 @@ the training step time, for a preset (default tiny) on 17x32x32 clips.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import jax
 from flax import nnx
 
+from _report import report
 from sora_mini import train, vae
 
 
@@ -65,11 +65,7 @@ def main() -> None:
         "train_batch": [args.train_batch, tc.num_frames, args.size, args.size],
         "train_step_crop16_s": round(crop_s, 3), "train_step_crop16_compile_s": round(crop_compile, 2),
     }
-    for k, v in results.items():
-        print(f"{k:22} {v}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
+    report(results, args.json)
 
 
 if __name__ == "__main__":

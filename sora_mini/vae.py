@@ -185,6 +185,21 @@ class Upsample(nnx.Module):
 # Encoder, decoder, VAE.
 
 
+def _module_list():
+    # flax >= 0.12 wants sub-module lists wrapped in nnx.List; older releases take a list.
+    return nnx.List() if hasattr(nnx, "List") else []
+
+
+def _bottleneck(config: VAEConfig, rngs: nnx.Rngs) -> nnx.Sequential:
+    """ResBlock, optional per-frame attention, ResBlock at the lowest resolution
+    (the same shape in the encoder and the decoder)."""
+    c, g = config.channels[-1], config.groups
+    return nnx.Sequential(
+        ResBlock(c, c, g, rngs=rngs),
+        *([FrameAttention(c, g, rngs=rngs)] if config.use_attention else []),
+        ResBlock(c, c, g, rngs=rngs))
+
+
 def _temporal_stages(config: VAEConfig) -> list[bool]:
     n = int(math.log2(config.temporal_down))
     return [i < n for i in range(len(config.channels) - 1)]
@@ -194,15 +209,12 @@ class Encoder(nnx.Module):
     def __init__(self, config: VAEConfig, *, rngs: nnx.Rngs):
         ch, g = config.channels, config.groups
         self.conv_in = CausalConv3d(config.in_channels, ch[0], rngs=rngs)
-        self.stages = nnx.List() if hasattr(nnx, "List") else []
+        self.stages = _module_list()
         for i, temporal in enumerate(_temporal_stages(config)):
             blocks = [ResBlock(ch[i] if j == 0 else ch[i + 1], ch[i + 1], g, rngs=rngs)
                       for j in range(config.num_res_blocks)]
             self.stages.append(nnx.Sequential(Downsample(ch[i], temporal, rngs=rngs), *blocks))
-        self.mid = nnx.Sequential(
-            ResBlock(ch[-1], ch[-1], g, rngs=rngs),
-            *([FrameAttention(ch[-1], g, rngs=rngs)] if config.use_attention else []),
-            ResBlock(ch[-1], ch[-1], g, rngs=rngs))
+        self.mid = _bottleneck(config, rngs)
         self.norm_out = FrameGroupNorm(ch[-1], g, rngs=rngs)
         self.conv_out = CausalConv3d(ch[-1], 2 * config.latent_channels, rngs=rngs)
 
@@ -218,11 +230,8 @@ class Decoder(nnx.Module):
     def __init__(self, config: VAEConfig, *, rngs: nnx.Rngs):
         ch, g = config.channels, config.groups
         self.conv_in = CausalConv3d(config.latent_channels, ch[-1], rngs=rngs)
-        self.mid = nnx.Sequential(
-            ResBlock(ch[-1], ch[-1], g, rngs=rngs),
-            *([FrameAttention(ch[-1], g, rngs=rngs)] if config.use_attention else []),
-            ResBlock(ch[-1], ch[-1], g, rngs=rngs))
-        self.stages = nnx.List() if hasattr(nnx, "List") else []
+        self.mid = _bottleneck(config, rngs)
+        self.stages = _module_list()
         for i, temporal in reversed(list(enumerate(_temporal_stages(config)))):
             blocks = [ResBlock(ch[i], ch[i], g, rngs=rngs) for _ in range(config.num_res_blocks)]
             self.stages.append(nnx.Sequential(Upsample(ch[i + 1], ch[i], temporal, rngs=rngs), *blocks))
