@@ -87,9 +87,9 @@ def cmd_train_vae(args) -> None:
     p = VAE_TRAIN_PRESETS[args.preset]
     tc = train.TrainConfig(steps=args.steps or p["steps"], batch_size=args.batch_size or p["batch_size"],
                            num_frames=p["num_frames"], crop_size=p["crop_size"], warmup_steps=200,
-                           save_every=500)
+                           save_every=500, learning_rate=args.lr or train.TrainConfig.learning_rate)
     world = data_lib.SHAPES_WORLD_PRESETS[p["world"]]
-    model = train.train_vae(vae.VAE_PRESETS[args.preset], tc, args.out, world)
+    model = train.train_vae(vae.VAE_PRESETS[args.preset], tc, args.out, world, init_from=args.init)
     if args.export:
         command = "python -m sora_mini " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("__main__.py") else ""
         vae.export_pretrained(model, args.export, run_dir=args.out, world=world,
@@ -148,6 +148,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True, help="run directory: checkpoints, log.jsonl")
     p.add_argument("--steps", type=int, help="training steps (default: the preset's)")
     p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float, help="peak learning rate (default 5e-4)")
+    p.add_argument("--init", help="fine-tune from this pretrained VAE (same preset) instead of a random init")
     p.add_argument("--export", help="after training, write the pretrained VAE (and its manifest) here")
     p.set_defaults(func=cmd_train_vae)
 

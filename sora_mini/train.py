@@ -89,9 +89,12 @@ def checkpoint_manager(directory: str, tc: TrainConfig | None = None, read_only:
 
 def train_vae(vae_config: vae_lib.VAEConfig, tc: TrainConfig, out_dir: str,
               world: data_lib.ShapesWorldConfig | None = None, *, progress: bool = True,
-              stop_after: int | None = None) -> vae_lib.VideoVAE:
+              stop_after: int | None = None, init_from: str | None = None) -> vae_lib.VideoVAE:
     """Train (or resume training) a VAE; checkpoints and `log.jsonl` go to `out_dir`.
 
+    `init_from` starts from a pretrained VAE (`VideoVAE.from_pretrained` path, same config)
+    instead of a random init: fine-tuning, with a fresh optimizer and schedule. Its manifest
+    and log are copied into the run, so an export records every stage that made the weights.
     `stop_after` ends this call after that many steps (the run can be resumed later): it
     is how tests simulate a kill. Returns the trained model."""
     world = (world or data_lib.ShapesWorldConfig()).replace(
@@ -100,17 +103,18 @@ def train_vae(vae_config: vae_lib.VAEConfig, tc: TrainConfig, out_dir: str,
     vae_lib.check_video_shape(vae_config, world.num_frames, side or world.height, side or world.width)
     os.makedirs(out_dir, exist_ok=True)
     run = json.loads(json.dumps({"vae": dataclasses.asdict(vae_config), "train": dataclasses.asdict(tc),
-                                 "world": dataclasses.asdict(world)}))  # tuples -> lists, as on disk
+                                 "world": dataclasses.asdict(world),
+                                 "init": {"path": init_from and os.path.abspath(init_from)}}))
     config_path = os.path.join(out_dir, "train_config.json")
     if os.path.exists(config_path):
         with open(config_path) as f:
             previous = json.load(f)
+        previous.setdefault("init", {"path": None})  # runs from before fine-tuning existed
         if previous != run:  # resuming someone else's run would fail deep inside Orbax, or worse, not fail
             changed = [f"{part}.{k}: {previous.get(part, {}).get(k)!r} -> {v!r}" for part in run
                        for k, v in run[part].items() if previous.get(part, {}).get(k) != v]
             raise ValueError(f"{out_dir} holds a run with different settings ({'; '.join(changed)}); "
                              "resume it with the same settings or choose another --out")
-    _write_json(config_path, run)
 
     model = vae_lib.VideoVAE(vae_config, rngs=nnx.Rngs(tc.seed))
     optimizer = nnx.Optimizer(model, make_optimizer(tc), wrt=nnx.Param)
@@ -124,6 +128,12 @@ def train_vae(vae_config: vae_lib.VAEConfig, tc: TrainConfig, out_dir: str,
         nnx.update(model, restored["model"])
         nnx.update(optimizer, restored["opt"])
         print(f"resumed from step {start} in {out_dir}")
+    elif init_from is not None:
+        _init_from_pretrained(model, init_from, out_dir)
+    # A fine-tuning run continues the clip stream where the runs before it stopped, so it
+    # never replays their batches: step s of this run draws the clips of step offset + s.
+    offset = _steps_before(out_dir)
+    _write_json(config_path, run)  # only now: a run that failed to start leaves no settings behind
 
     key = jax.random.key(tc.seed)
     end = tc.steps if stop_after is None else min(tc.steps, start + stop_after)
@@ -136,8 +146,8 @@ def train_vae(vae_config: vae_lib.VAEConfig, tc: TrainConfig, out_dir: str,
         with open(log_path, "a") as log:
             bar = tqdm(range(start, end), initial=start, total=tc.steps, desc="train-vae", disable=not progress)
             for step in bar:
-                video = jnp.asarray(world_batch(world, step, tc.batch_size, tc.crop_size))
-                metrics = vae_train_step(model, optimizer, video, jax.random.fold_in(key, step))
+                video = jnp.asarray(world_batch(world, offset + step, tc.batch_size, tc.crop_size))
+                metrics = vae_train_step(model, optimizer, video, jax.random.fold_in(key, offset + step))
                 log_now = (step + 1) % tc.log_every == 0 or step + 1 == end
                 save_now = (step + 1) % tc.save_every == 0 or step + 1 == end
                 if log_now or save_now:  # never save a model whose loss is not finite
@@ -157,6 +167,30 @@ def train_vae(vae_config: vae_lib.VAEConfig, tc: TrainConfig, out_dir: str,
         manager.wait_until_finished()
         manager.close()
     return model
+
+
+def _init_from_pretrained(model: vae_lib.VideoVAE, path: str, out_dir: str) -> None:
+    import shutil
+
+    pretrained = vae_lib.VideoVAE.from_pretrained(path)
+    if pretrained.config != model.config:
+        raise ValueError(f"cannot fine-tune from {path}: its config {pretrained.config} differs from "
+                         f"this run's {model.config}")
+    nnx.update(model, nnx.state(pretrained, nnx.Param))
+    # Copy now: the export at the end of this run may overwrite `path` itself.
+    for name, copy in (("manifest.json", "init_manifest.json"), ("log.jsonl", "init_log.jsonl")):
+        if os.path.exists(os.path.join(path, name)):
+            shutil.copy(os.path.join(path, name), os.path.join(out_dir, copy))
+    print(f"initialised from the pretrained VAE in {path}")
+
+
+def _steps_before(out_dir: str) -> int:
+    path = os.path.join(out_dir, "init_manifest.json")
+    if not os.path.exists(path):
+        return 0
+    with open(path) as f:
+        before = json.load(f)
+    return int(before.get("total_steps", before.get("steps") or 0))
 
 
 def _save(manager, step, model, optimizer):

@@ -224,3 +224,38 @@ def test_resuming_with_other_settings_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"different settings \(vae.channels"):
         train.train_vae(SMALL_T4, tc, str(tmp_path / "run"), WORLD16, progress=False)
     assert sorted(os.listdir(tmp_path / "run" / "checkpoints")) == before  # saved state untouched
+
+
+@pytest.mark.parametrize("stride", [(1, 1, 1), (2, 2, 2), (1, 2, 2)])
+@pytest.mark.parametrize("kernel", [(3, 3, 3), (1, 1, 1)])
+def test_causal_conv_equals_a_3d_convolution_of_the_front_padded_video(stride, kernel):
+    from sora_mini.vae import CausalConv3d
+
+    conv = CausalConv3d(5, 7, kernel, stride, rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(1), (2, 9, 8, 8, 5))
+    padded = jnp.concatenate([jnp.repeat(x[:, :1], kernel[0] - 1, axis=1), x], axis=1)
+    # The reference: the module's own nnx.Conv (XLA's 3D convolution) on the padded video.
+    np.testing.assert_allclose(conv(x), conv.conv(padded), atol=1e-5)
+
+
+def test_fine_tuning_starts_from_the_pretrained_weights_and_records_its_stages(tmp_path):
+    tc = train.TrainConfig(steps=3, **TINY_TRAIN)
+    first = train.train_vae(SMALL, tc, str(tmp_path / "a"), WORLD16, progress=False)
+    export_pretrained(first, str(tmp_path / "vae"), run_dir=str(tmp_path / "a"), world=WORLD16, eval_clips=2,
+                      extra={"command": "stage one"})
+    pretrained = VideoVAE.from_pretrained(str(tmp_path / "vae"))
+    start = train.train_vae(SMALL, tc, str(tmp_path / "b"), WORLD16, progress=False, stop_after=0,
+                            init_from=str(tmp_path / "vae"))
+    for x, y in zip(_params(pretrained), _params(start), strict=True):
+        np.testing.assert_array_equal(x, y)
+    tuned = train.train_vae(SMALL, tc, str(tmp_path / "b"), WORLD16, progress=False,
+                            init_from=str(tmp_path / "vae"))
+    # Export over the very directory it started from: the earlier stage survives in the manifest.
+    manifest = export_pretrained(tuned, str(tmp_path / "vae"), run_dir=str(tmp_path / "b"), world=WORLD16,
+                                 eval_clips=2)
+    assert manifest["init"]["command"] == "stage one" and manifest["total_steps"] == 6
+    steps = [json.loads(line)["step"] for line in open(tmp_path / "vae" / "log.jsonl")]
+    assert steps == list(range(1, 7))
+    with pytest.raises(ValueError, match="cannot fine-tune"):
+        train.train_vae(SMALL_T4, tc, str(tmp_path / "c"), WORLD16, progress=False, init_from=str(tmp_path / "vae"))
+    assert not (tmp_path / "c" / "train_config.json").exists()
