@@ -401,6 +401,20 @@ def _caption(rng, tracks: Sequence[ObjectTrack], background: str) -> str:
     return text
 
 
+def caption_vocabulary() -> list[str]:
+    """Every word (and ',') the caption grammar can write, sorted: what the text encoder's
+    tokenizer needs. Read from the phrase tables, so it can never fall out of step."""
+    phrases = [*_NUMBERS.values(), *COLORS, *BACKGROUNDS, *SHAPES, *map(_plural, SHAPES),
+               *(w for ws in _SIZE_WORDS.values() for w in ws), *(w for ws in _SPEED_WORDS.values() for w in ws),
+               *(p for table in (_MOTION_PHRASES, _BOUNCE_PHRASES, _PILLAR_PHRASES)
+                 for forms in table.values() for pair in forms for p in pair),
+               *_CLAUSE_JOINS, *_BACKGROUND_PHRASES, "and"]
+    words = set()
+    for phrase in phrases:
+        words.update(re.findall(r"[a-z]+|,", phrase.lower()))
+    return sorted(words)
+
+
 # ----------------------------------------------------------------------------------------
 # The clip generator.
 

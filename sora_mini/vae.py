@@ -202,11 +202,6 @@ class Upsample(nnx.Module):
 # Encoder, decoder, VAE.
 
 
-def _module_list():
-    # flax >= 0.12 wants sub-module lists wrapped in nnx.List; older releases take a list.
-    return nnx.List() if hasattr(nnx, "List") else []
-
-
 def _bottleneck(config: VAEConfig, rngs: nnx.Rngs) -> nnx.Sequential:
     """ResBlock, optional per-frame attention, ResBlock at the lowest resolution
     (the same shape in the encoder and the decoder)."""
@@ -226,7 +221,7 @@ class Encoder(nnx.Module):
     def __init__(self, config: VAEConfig, *, rngs: nnx.Rngs):
         ch, g = config.channels, config.groups
         self.conv_in = CausalConv3d(config.in_channels, ch[0], rngs=rngs)
-        self.stages = _module_list()
+        self.stages = nnx.List()
         for i, temporal in enumerate(_temporal_stages(config)):
             blocks = [ResBlock(ch[i] if j == 0 else ch[i + 1], ch[i + 1], g, rngs=rngs)
                       for j in range(config.num_res_blocks)]
@@ -248,7 +243,7 @@ class Decoder(nnx.Module):
         ch, g = config.channels, config.groups
         self.conv_in = CausalConv3d(config.latent_channels, ch[-1], rngs=rngs)
         self.mid = _bottleneck(config, rngs)
-        self.stages = _module_list()
+        self.stages = nnx.List()
         for i, temporal in reversed(list(enumerate(_temporal_stages(config)))):
             blocks = [ResBlock(ch[i], ch[i], g, rngs=rngs) for _ in range(config.num_res_blocks)]
             self.stages.append(nnx.Sequential(Upsample(ch[i + 1], ch[i], temporal, rngs=rngs), *blocks))

@@ -1,0 +1,396 @@
+"""The diffusion transformer (chapter 05): DiT blocks with adaLN-Zero over spacetime
+patches, cross-attention to the caption.
+
+Peebles & Xie's DiT ("Scalable Diffusion Models with Transformers", 2023), which Sora's
+report builds on, in video form:
+
+    latent [B, t, h, w, c] --patchify + Linear--> tokens [B, N, D]   (N = t/pt * h/ph * w/pw)
+    time [B] --TimestepEmbedder--> [B, D] --+-- c [B, D]   (the adaLN condition)
+    pooled text [B, Dt] --Linear-----------/  (or a class label, for the image DiT)
+    tokens --depth x DiTBlock(c, text tokens)--> FinalLayer(c) --unpatchify--> [B, t, h, w, c_out]
+
+A DiTBlock (adaLN-Zero, plus PixArt-style cross-attention):
+
+    shift1, scale1, gate1, shift2, scale2, gate2 = Linear(SiLU(c))    # zero-initialised
+    x = x + gate1 * SelfAttention(LN(x) * (1 + scale1) + shift1)      # RoPE on q and k
+    x = x + CrossAttention(LN(x), text tokens, text mask)              # output proj zero-initialised
+    x = x + gate2 * MLP(LN(x) * (1 + scale2) + shift2)
+
+Zero-initialising the gates, the cross-attention output and the final layer makes every
+block the identity and the whole model output zero at initialisation: training starts
+from a network that changes nothing and learns what to add (the DiT paper's best choice).
+
+Self-attention is either full 3D attention over all N tokens, or "factorised" (Latte,
+Open-Sora 1.x): blocks alternate between attention within each frame (spatial) and
+across frames at each position (temporal), costing `N * (h*w + t)` instead of `N^2`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from sora_mini.patchify import (apply_rope, patch_coordinates, patch_grid, patchify, rope_angles, sincos_embedding,
+                                unpatchify)
+from sora_mini.vae import count_params  # noqa: F401  (re-exported: dit.count_params(model))
+
+
+@dataclasses.dataclass(frozen=True)
+class DiTConfig:
+    in_channels: int = 8  # latent channels c
+    patch_size: tuple[int, int, int] = (1, 2, 2)  # (pt, ph, pw)
+    hidden_size: int = 128  # D
+    depth: int = 4
+    num_heads: int = 4
+    mlp_ratio: float = 4.0
+    # Conditioning: text (cross-attention + pooled text in adaLN), or a class label.
+    text_dim: int | None = 128  # the TextEncoder's width; None: no text
+    num_classes: int | None = None  # class-conditional: a table of num_classes + 1 rows (the last = "none")
+    learn_sigma: bool = False  # also predict a variance (2c output channels), as the DiT paper
+    # Architecture.
+    attention: str = "full"  # "full" 3D attention, or "factorised" (spatial and temporal blocks alternate)
+    pos_embed: str = "rope"  # "rope" (3D rotary, in attention) or "sincos" (fixed, added to the tokens)
+    qk_norm: bool = True  # RMS-normalise queries and keys: keeps attention logits tame in bf16
+    rope_theta: float = 10_000.0
+    # Efficiency.
+    dtype: str = "float32"  # compute dtype ("bfloat16" on GPUs/TPUs); parameters stay float32
+    scan_layers: bool = False  # one compiled block, scanned over depth: compile time independent of depth
+    remat: bool = False  # recompute block activations in the backward pass: memory for compute
+
+    def __post_init__(self):
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size={self.hidden_size} must divide by num_heads={self.num_heads}")
+        if self.attention not in ("full", "factorised"):
+            raise ValueError(f"attention must be 'full' or 'factorised', got {self.attention!r}")
+        if self.pos_embed not in ("rope", "sincos"):
+            raise ValueError(f"pos_embed must be 'rope' or 'sincos', got {self.pos_embed!r}")
+        if self.attention == "factorised" and self.depth % 2:
+            raise ValueError(f"factorised attention alternates spatial and temporal blocks: depth={self.depth} "
+                             "must be even")
+        if len(self.patch_size) != 3:
+            raise ValueError(f"patch_size must be (pt, ph, pw), got {self.patch_size}")
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise ValueError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_heads
+
+    @property
+    def out_channels(self) -> int:
+        return 2 * self.in_channels if self.learn_sigma else self.in_channels
+
+    @property
+    def block_kinds(self) -> tuple[str, ...]:
+        """The repeating pattern of self-attention kinds."""
+        return ("full",) if self.attention == "full" else ("spatial", "temporal")
+
+    def replace(self, **changes) -> DiTConfig:
+        return dataclasses.replace(self, **changes)
+
+
+def _paper(hidden: int, depth: int, heads: int, patch: int) -> DiTConfig:
+    # The image DiT: class-conditional on ImageNet 256 (32x32x4 SD-VAE latents, one frame),
+    # learned sigma, fixed sin-cos positions, no text, no QK-norm.
+    return DiTConfig(in_channels=4, patch_size=(1, patch, patch), hidden_size=hidden, depth=depth,
+                     num_heads=heads, text_dim=None, num_classes=1000, learn_sigma=True,
+                     pos_embed="sincos", qk_norm=False)
+
+
+DIT_PRESETS: dict[str, DiTConfig] = {
+    # Video presets the course trains. tiny: the tiny VAE's 9x8x8x8 latents -> 144 tokens.
+    "tiny": DiTConfig(in_channels=8, patch_size=(1, 2, 2), hidden_size=128, depth=4, num_heads=4, text_dim=128),
+    # small: the small VAE's 5x8x8x16 latents of 64x64 clips, on a Colab GPU/TPU.
+    "small": DiTConfig(in_channels=16, patch_size=(1, 2, 2), hidden_size=384, depth=12, num_heads=6, text_dim=256,
+                       dtype="bfloat16"),
+    # The DiT paper's models (Table 4), for checking this implementation against it.
+    **{f"DiT-{name}/{p}": _paper(d, n, h, p)
+       for name, (d, n, h) in {"S": (384, 12, 6), "B": (768, 12, 12), "L": (1024, 24, 16), "XL": (1152, 28, 16)}.items()
+       for p in (2, 4, 8)},
+}
+
+
+# ----------------------------------------------------------------------------------------
+# Conditioning embedders.
+
+
+def timestep_embedding(time, dim: int = 256, max_period: float = 10_000.0):
+    """Sinusoidal features `[B, dim]` of diffusion time in [0, 1]. Time is scaled by 1000
+    first, so the frequencies match DiT's integer timesteps 0..999."""
+    half = dim // 2
+    freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
+    args = 1000.0 * jnp.asarray(time, jnp.float32)[:, None] * freqs[None]
+    return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
+
+
+class TimestepEmbedder(nnx.Module):
+    """time [B] -> sinusoid [B, 256] -> Linear -> SiLU -> Linear -> [B, D]."""
+
+    def __init__(self, dim: int, freq_dim: int = 256, *, dtype, rngs: nnx.Rngs):
+        init = nnx.initializers.normal(0.02)
+        self.freq_dim = freq_dim
+        self.mlp = nnx.Sequential(nnx.Linear(freq_dim, dim, kernel_init=init, dtype=dtype, rngs=rngs), nnx.silu,
+                                  nnx.Linear(dim, dim, kernel_init=init, dtype=dtype, rngs=rngs))
+
+    def __call__(self, time):
+        return self.mlp(timestep_embedding(time, self.freq_dim))
+
+
+def adaln_modulate(x, shift, scale):
+    """`x [B, N, D]` normalised, then scaled and shifted per sample (`[B, D]` each)."""
+    return x * (1 + scale[:, None]) + shift[:, None]
+
+
+# ----------------------------------------------------------------------------------------
+# Attention.
+
+
+def _linear(cin, cout, dtype, rngs, zero=False):
+    # DiT initialises every Linear in the blocks with Xavier-uniform and zero bias.
+    init = nnx.initializers.zeros_init() if zero else nnx.initializers.xavier_uniform()
+    return nnx.Linear(cin, cout, kernel_init=init, bias_init=nnx.initializers.zeros_init(), dtype=dtype, rngs=rngs)
+
+
+class SelfAttention(nnx.Module):
+    """Multi-head self-attention over spacetime tokens `[B, N, D]` on a `(gt, gh, gw)`
+    grid: over all N tokens ("full"), within each frame ("spatial") or across frames at
+    each spatial position ("temporal"). RoPE angles `[N, head_dim/2]` rotate q and k."""
+
+    def __init__(self, c: DiTConfig, kind: str, *, dtype, rngs: nnx.Rngs):
+        self.kind, self.num_heads = kind, c.num_heads
+        self.qkv = _linear(c.hidden_size, 3 * c.hidden_size, dtype, rngs)
+        self.proj = _linear(c.hidden_size, c.hidden_size, dtype, rngs)
+        if c.qk_norm:
+            self.q_norm = nnx.RMSNorm(c.head_dim, dtype=dtype, rngs=rngs)
+            self.k_norm = nnx.RMSNorm(c.head_dim, dtype=dtype, rngs=rngs)
+        else:
+            self.q_norm = self.k_norm = None
+
+    def __call__(self, x, grid, rope=None):
+        B, N, D = x.shape
+        gt, gh, gw = grid
+        q, k, v = jnp.split(self.qkv(x).reshape(B, N, self.num_heads, 3 * D // self.num_heads), 3, axis=-1)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if rope is not None:
+            q, k = apply_rope(q, rope), apply_rope(k, rope)
+        if self.kind == "spatial":  # [B, gt * gh * gw, ...] -> [B * gt, gh * gw, ...]
+            q, k, v = (a.reshape(B * gt, gh * gw, *a.shape[2:]) for a in (q, k, v))
+        elif self.kind == "temporal":  # -> [B * gh * gw, gt, ...]
+            q, k, v = (a.reshape(B, gt, gh * gw, *a.shape[2:]).swapaxes(1, 2).reshape(B * gh * gw, gt, *a.shape[2:])
+                       for a in (q, k, v))
+        h = jax.nn.dot_product_attention(q, k, v)
+        if self.kind == "temporal":
+            h = h.reshape(B, gh * gw, gt, *h.shape[2:]).swapaxes(1, 2)
+        return self.proj(h.reshape(B, N, D))
+
+
+class CrossAttention(nnx.Module):
+    """Video tokens `[B, N, D]` attend to text tokens `[B, L, Dt]`, ignoring padding. The
+    output projection starts at zero, so at initialisation the text adds nothing."""
+
+    def __init__(self, c: DiTConfig, *, dtype, rngs: nnx.Rngs):
+        self.num_heads = c.num_heads
+        self.q = _linear(c.hidden_size, c.hidden_size, dtype, rngs)
+        self.kv = _linear(c.text_dim, 2 * c.hidden_size, dtype, rngs)
+        self.proj = _linear(c.hidden_size, c.hidden_size, dtype, rngs, zero=True)
+
+    def __call__(self, x, text, text_mask):
+        B, N, D = x.shape
+        L, H = text.shape[1], self.num_heads
+        q = self.q(x).reshape(B, N, H, D // H)
+        k, v = jnp.split(self.kv(text).reshape(B, L, H, 2 * D // H), 2, axis=-1)
+        mask = jnp.broadcast_to(text_mask[:, None, None, :], (B, 1, N, L))  # queries see real text keys only
+        h = jax.nn.dot_product_attention(q, k, v, mask=mask)
+        return self.proj(h.reshape(B, N, D))
+
+
+# ----------------------------------------------------------------------------------------
+# Blocks.
+
+
+class DiTBlock(nnx.Module):
+    def __init__(self, c: DiTConfig, kind: str = "full", *, rngs: nnx.Rngs):
+        dtype = jnp.dtype(c.dtype)
+        D = c.hidden_size
+        # DiT's LayerNorms have no affine parameters: adaLN supplies scale and shift.
+        self.norm1 = nnx.LayerNorm(D, epsilon=1e-6, use_bias=False, use_scale=False, dtype=dtype, rngs=rngs)
+        self.attn = SelfAttention(c, kind, dtype=dtype, rngs=rngs)
+        if c.text_dim is not None:
+            self.norm_cross = nnx.LayerNorm(D, epsilon=1e-6, dtype=dtype, rngs=rngs)
+            self.cross = CrossAttention(c, dtype=dtype, rngs=rngs)
+        else:
+            self.norm_cross = self.cross = None
+        self.norm2 = nnx.LayerNorm(D, epsilon=1e-6, use_bias=False, use_scale=False, dtype=dtype, rngs=rngs)
+        hidden = int(D * c.mlp_ratio)
+        self.mlp = nnx.Sequential(_linear(D, hidden, dtype, rngs), lambda h: nnx.gelu(h, approximate=True),
+                                  _linear(hidden, D, dtype, rngs))
+        # adaLN-Zero: the six modulation vectors start at 0, so the gates close the block.
+        self.adaln = _linear(D, 6 * D, dtype, rngs, zero=True)
+
+    def __call__(self, x, c, grid, rope=None, text=None, text_mask=None):
+        shift1, scale1, gate1, shift2, scale2, gate2 = jnp.split(self.adaln(nnx.silu(c)), 6, axis=-1)
+        x = x + gate1[:, None] * self.attn(adaln_modulate(self.norm1(x), shift1, scale1), grid, rope)
+        if self.cross is not None:
+            x = x + self.cross(self.norm_cross(x), text, text_mask)
+        return x + gate2[:, None] * self.mlp(adaln_modulate(self.norm2(x), shift2, scale2))
+
+
+class FinalLayer(nnx.Module):
+    """adaLN (shift, scale), then a Linear to the patch values; both zero-initialised."""
+
+    def __init__(self, c: DiTConfig, *, rngs: nnx.Rngs):
+        dtype = jnp.dtype(c.dtype)
+        D = c.hidden_size
+        self.norm = nnx.LayerNorm(D, epsilon=1e-6, use_bias=False, use_scale=False, dtype=dtype, rngs=rngs)
+        self.adaln = _linear(D, 2 * D, dtype, rngs, zero=True)
+        self.linear = _linear(D, int(np.prod(c.patch_size)) * c.out_channels, dtype, rngs, zero=True)
+
+    def __call__(self, x, c):
+        shift, scale = jnp.split(self.adaln(nnx.silu(c)), 2, axis=-1)
+        return self.linear(adaln_modulate(self.norm(x), shift, scale))
+
+
+class BlockGroup(nnx.Module):
+    """One repeat of the attention pattern: a full block, or a (spatial, temporal) pair.
+    With `scan_layers` the model stacks `depth / len(pattern)` of these and scans them."""
+
+    def __init__(self, c: DiTConfig, *, rngs: nnx.Rngs):
+        self.blocks = nnx.List([DiTBlock(c, kind, rngs=rngs) for kind in c.block_kinds])
+
+    def __call__(self, x, *args):
+        for block in self.blocks:
+            x = block(x, *args)
+        return x
+
+
+# ----------------------------------------------------------------------------------------
+# The model.
+
+
+class DiT(nnx.Module):
+    """`DiT(config, rngs=...)(x, time, text=..., text_mask=..., labels=...)`.
+
+    - `x`: noisy latent `[B, t, h, w, c]`; any `(t, h, w)` divisible by the patch size
+      (with RoPE the same weights serve every grid; sin-cos tables are made per grid too).
+    - `time`: `[B]` diffusion time in [0, 1].
+    - `text`, `text_mask`: the TextEncoder's `[B, L, text_dim]` tokens and `bool [B, L]`
+      mask; `text_pooled` `[B, text_dim]` (default: the mean of the real tokens).
+    - `labels`: `int [B]` for class-conditional configs (`config.num_classes` = none).
+    Returns `float32 [B, t, h, w, out_channels]`."""
+
+    def __init__(self, config: DiTConfig, *, rngs: nnx.Rngs):
+        c = self.config = config
+        dtype = jnp.dtype(c.dtype)
+        patch_dim = int(np.prod(c.patch_size)) * c.in_channels
+        # A Linear on flattened patches is the DiT's stride-p convolution, written as a matmul.
+        self.patch_embed = _linear(patch_dim, c.hidden_size, dtype, rngs)
+        self.time_embed = TimestepEmbedder(c.hidden_size, dtype=dtype, rngs=rngs)
+        self.text_pool = _linear(c.text_dim, c.hidden_size, dtype, rngs) if c.text_dim is not None else None
+        self.label_embed = (nnx.Embed(c.num_classes + 1, c.hidden_size, embedding_init=nnx.initializers.normal(0.02),
+                                      rngs=rngs) if c.num_classes is not None else None)
+        groups = c.depth // len(c.block_kinds)
+        if c.scan_layers:
+            @nnx.split_rngs(splits=groups)
+            @nnx.vmap(in_axes=(0,), out_axes=0)
+            def make_groups(rngs):
+                return BlockGroup(c, rngs=rngs)
+
+            self.blocks = make_groups(rngs)
+        else:
+            self.blocks = nnx.List([BlockGroup(c, rngs=rngs) for _ in range(groups)])
+        self.final = FinalLayer(c, rngs=rngs)
+
+    def condition(self, time, text=None, text_mask=None, text_pooled=None, labels=None):
+        """The adaLN condition `c [B, D]`: time embedding + pooled text (or class) embedding."""
+        cond = self.time_embed(time)
+        if self.text_pool is not None:
+            if text is None or text_mask is None:
+                raise ValueError("this DiT reads text: pass text [B, L, text_dim] and text_mask [B, L]")
+            if text_pooled is None:
+                m = text_mask[..., None].astype(text.dtype)
+                text_pooled = (text * m).sum(1) / jnp.maximum(m.sum(1), 1.0)
+            cond = cond + self.text_pool(text_pooled)
+        if self.label_embed is not None:
+            if labels is None:
+                raise ValueError(f"this DiT is class-conditional: pass labels [B] in 0..{self.config.num_classes} "
+                                 f"({self.config.num_classes} = no class)")
+            cond = cond + self.label_embed(labels)
+        return cond
+
+    def __call__(self, x, time, *, text=None, text_mask=None, text_pooled=None, labels=None):
+        c = self.config
+        if x.ndim != 5 or x.shape[-1] != c.in_channels:
+            raise ValueError(f"x must be a latent [B, t, h, w, {c.in_channels}], got shape {x.shape}")
+        B = x.shape[0]
+        if jnp.shape(time) != (B,):
+            raise ValueError(f"time must be [B] = [{B}] in [0, 1], got shape {jnp.shape(time)}")
+        if c.text_dim is not None and text is not None:
+            if text.ndim != 3 or text.shape[0] != B or text.shape[-1] != c.text_dim:
+                raise ValueError(f"text must be [B={B}, L, {c.text_dim}], got shape {text.shape}")
+            if text_mask is None or text_mask.shape != text.shape[:2]:
+                raise ValueError(f"text_mask must be bool [B, L] = {text.shape[:2]}, got "
+                                 f"{None if text_mask is None else text_mask.shape}")
+        grid = patch_grid(x.shape[1:4], c.patch_size)
+        dtype = jnp.dtype(c.dtype)
+        tokens = self.patch_embed(patchify(x, c.patch_size).astype(dtype))  # [B, N, D]
+        coords = patch_coordinates(grid)  # [N, 3], static: depends on the shape only
+        rope = None
+        if c.pos_embed == "sincos":
+            tokens = tokens + jnp.asarray(sincos_embedding(coords, c.hidden_size), dtype)
+        else:
+            rope = rope_angles(coords, c.head_dim, c.rope_theta)
+        cond = self.condition(time, text, text_mask, text_pooled, labels)
+        text = None if text is None else text.astype(dtype)
+
+        def run_group(group, h):
+            return group(h, cond, grid, rope, text, text_mask)
+
+        if c.remat:
+            run_group = nnx.remat(run_group)
+        if c.scan_layers:
+            @nnx.scan(in_axes=(nnx.Carry, 0), out_axes=nnx.Carry)
+            def scan_groups(h, group):
+                return run_group(group, h)
+
+            tokens = scan_groups(tokens, self.blocks)
+        else:
+            for group in self.blocks:
+                tokens = run_group(group, tokens)
+        out = self.final(tokens, cond)  # [B, N, p^3 * out_channels]
+        return unpatchify(out, c.patch_size, grid).astype(jnp.float32)
+
+
+# ----------------------------------------------------------------------------------------
+# Cost: multiply-accumulates per forward pass (the DiT paper's "Gflops" convention).
+
+
+def gflops(config: DiTConfig, latent_shape, text_length: int = 72) -> float:
+    """Forward-pass cost of one sample in G multiply-accumulates, counting the matmuls
+    (linear layers and attention's `QK^T` and `AV`) and ignoring element-wise work, as
+    the DiT paper's Table 4 does. `latent_shape` is `(t, h, w, c)`, or `(h, w, c)` for
+    an image; `text_length` is the number of text tokens cross-attention reads."""
+    if len(latent_shape) == 3:
+        latent_shape = (1, *latent_shape)
+    c = config
+    gt, gh, gw = patch_grid(latent_shape, c.patch_size)
+    N, D, P = gt * gh * gw, c.hidden_size, int(np.prod(c.patch_size))
+    hidden = int(D * c.mlp_ratio)
+    keys = {"full": N, "spatial": gh * gw, "temporal": gt}  # tokens each query attends to
+    macs = N * P * c.in_channels * D  # patch embedding
+    macs += 256 * D + D * D  # timestep MLP
+    macs += (c.text_dim or 0) * D  # pooled text projection
+    for i in range(c.depth):
+        kind = c.block_kinds[i % len(c.block_kinds)]
+        macs += D * 6 * D  # adaLN modulation (once per sample)
+        macs += N * 4 * D * D + 2 * N * keys[kind] * D  # qkv, out proj; QK^T and AV
+        macs += N * 2 * D * hidden  # MLP
+        if c.text_dim is not None:
+            macs += 2 * N * D * D + text_length * c.text_dim * 2 * D + 2 * N * text_length * D
+    macs += D * 2 * D + N * D * P * c.out_channels  # final layer
+    return macs / 1e9

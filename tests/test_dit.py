@@ -1,0 +1,181 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from sora_mini import dit
+from sora_mini.dit import DIT_PRESETS, DiT, DiTConfig, SelfAttention, count_params, gflops
+
+SMALL = DiTConfig(in_channels=4, patch_size=(1, 2, 2), hidden_size=48, depth=2, num_heads=4, text_dim=16)
+# Peebles & Xie (2023), Table 4: parameters and Gflops of the class-conditional image DiT.
+PAPER = {"S": (33e6, {2: 6.06, 4: 1.41, 8: 0.36}), "B": (130e6, {2: 23.01, 4: 5.56, 8: 1.42}),
+         "L": (458e6, {2: 80.71, 4: 19.70, 8: 5.01}), "XL": (675e6, {2: 118.64, 4: 29.05, 8: 7.39})}
+
+
+def _inputs(B=2, shape=(3, 4, 4), c=4, L=6, text_dim=16, key=0):
+    k = jax.random.split(jax.random.key(key), 3)
+    x = jax.random.normal(k[0], (B, *shape, c))
+    time = jax.random.uniform(k[1], (B,))
+    text = jax.random.normal(k[2], (B, L, text_dim))
+    mask = jnp.arange(L)[None] < jnp.array([L, 2])[:B, None]
+    return x, time, text, mask
+
+
+def _randomize(model, key=1, scale=0.2):
+    """Give every parameter (also the zero-initialised ones) random values."""
+    state = nnx.state(model, nnx.Param)
+    leaves, treedef = jax.tree.flatten(state)
+    keys = jax.random.split(jax.random.key(key), len(leaves))
+    new = [scale * jax.random.normal(k, x.shape) for k, x in zip(keys, leaves)]
+    nnx.update(model, jax.tree.unflatten(treedef, new))
+    return model
+
+
+@pytest.mark.parametrize("name", list(PAPER))
+def test_presets_reproduce_the_dit_paper_table(name):
+    params, flops = PAPER[name]
+    for p in (2, 4, 8):
+        config = DIT_PRESETS[f"DiT-{name}/{p}"]
+        model = nnx.eval_shape(lambda c=config: DiT(c, rngs=nnx.Rngs(0)))  # shapes only: no memory
+        assert count_params(model) == pytest.approx(params, rel=0.01)
+        assert gflops(config, (32, 32, 4)) == pytest.approx(flops[p], rel=0.02)
+
+
+def test_adaln_zero_every_block_is_the_identity_and_the_output_is_zero():
+    model = DiT(SMALL, rngs=nnx.Rngs(0))
+    x, time, text, mask = _inputs()
+    assert float(jnp.abs(model(x, time, text=text, text_mask=mask)).max()) == 0.0
+    tokens = jax.random.normal(jax.random.key(3), (2, 12, 48))
+    cond = model.condition(time, text, mask)
+    assert float(jnp.abs(cond).max()) > 0  # the condition itself is not zero...
+    for group in model.blocks:
+        for block in group.blocks:  # ...but every block passes its input through unchanged
+            np.testing.assert_array_equal(block(tokens, cond, (3, 2, 2), None, text, mask), tokens)
+
+
+def test_text_padding_does_not_leak():
+    model = _randomize(DiT(SMALL, rngs=nnx.Rngs(0)))
+    x, time, text, mask = _inputs()
+    out = model(x, time, text=text, text_mask=mask)
+    garbage = jnp.where(mask[..., None], text, 100.0)  # change only the padded text positions
+    np.testing.assert_allclose(model(x, time, text=garbage, text_mask=mask), out, atol=1e-5)
+    longer = jnp.concatenate([text, jax.random.normal(jax.random.key(9), (2, 5, 16))], axis=1)
+    longer_mask = jnp.concatenate([mask, jnp.zeros((2, 5), bool)], axis=1)
+    np.testing.assert_allclose(model(x, time, text=longer, text_mask=longer_mask), out, atol=1e-5)
+    assert not np.allclose(model(x, time, text=text + 0.5 * mask[..., None], text_mask=mask), out, atol=1e-3)
+
+
+@pytest.mark.parametrize("pos_embed", ["rope", "sincos"])
+@pytest.mark.parametrize("attention", ["full", "factorised"])
+def test_one_model_serves_any_grid(attention, pos_embed):
+    model = _randomize(DiT(SMALL.replace(attention=attention, pos_embed=pos_embed), rngs=nnx.Rngs(0)))
+    for shape in [(1, 4, 4), (3, 4, 8), (5, 8, 2)]:
+        x, time, text, mask = _inputs(shape=shape)
+        out = model(x, time, text=text, text_mask=mask)
+        assert out.shape == x.shape and out.dtype == jnp.float32 and bool(jnp.isfinite(out).all())
+
+
+def test_factorised_attention_mixes_only_along_its_axis():
+    c = SMALL.replace(qk_norm=False)
+    grid, B, N = (3, 2, 2), 1, 12
+    x = jax.random.normal(jax.random.key(0), (B, N, 48))
+    frame1 = (jnp.arange(N) // 4 == 1)[None, :, None]  # tokens of frame 1
+    position0 = (jnp.arange(N) % 4 == 0)[None, :, None]  # tokens at spatial position 0
+    spatial = _randomize(SelfAttention(c, "spatial", dtype=jnp.float32, rngs=nnx.Rngs(0)))
+    temporal = _randomize(SelfAttention(c, "temporal", dtype=jnp.float32, rngs=nnx.Rngs(0)))
+    changed = x + 3.0 * frame1
+    # Spatial attention: changing frame 1 changes only frame 1's outputs.
+    diff = jnp.abs(spatial(changed, grid) - spatial(x, grid)).sum(-1)[0]
+    assert bool((diff[~frame1[0, :, 0]] < 1e-5).all()) and bool((diff[frame1[0, :, 0]] > 1e-3).all())
+    # Temporal attention: changing position 0 (in every frame) changes only position 0.
+    changed = x + 3.0 * position0
+    diff = jnp.abs(temporal(changed, grid) - temporal(x, grid)).sum(-1)[0]
+    assert bool((diff[~position0[0, :, 0]] < 1e-5).all()) and bool((diff[position0[0, :, 0]] > 1e-3).all())
+
+
+def test_scan_and_remat_compute_the_same_function():
+    plain = _randomize(DiT(SMALL.replace(attention="factorised", depth=4), rngs=nnx.Rngs(0)))
+    x, time, text, mask = _inputs()
+    want = plain(x, time, text=text, text_mask=mask)
+    for flags in [dict(scan_layers=True), dict(scan_layers=True, remat=True), dict(remat=True)]:
+        other = DiT(plain.config.replace(**flags), rngs=nnx.Rngs(0))
+        state = nnx.state(plain, nnx.Param)
+        if flags.get("scan_layers"):  # stack the per-group weights along a leading axis
+            groups = [state["blocks"][i] for i in range(len(plain.blocks))]
+            state["blocks"] = jax.tree.map(lambda *xs: jnp.stack(xs), *groups)
+        nnx.update(other, state)
+        np.testing.assert_allclose(other(x, time, text=text, text_mask=mask), want, atol=1e-4)
+
+
+def test_bfloat16_compute_stays_close_to_float32():
+    f32 = _randomize(DiT(SMALL, rngs=nnx.Rngs(0)), scale=0.05)
+    bf16 = DiT(SMALL.replace(dtype="bfloat16"), rngs=nnx.Rngs(0))
+    nnx.update(bf16, nnx.state(f32, nnx.Param))
+    x, time, text, mask = _inputs()
+    a, b = f32(x, time, text=text, text_mask=mask), bf16(x, time, text=text, text_mask=mask)
+    assert b.dtype == jnp.float32
+    assert float(jnp.abs(a - b).max()) < 0.05 * float(jnp.abs(a).max())
+
+
+def test_class_conditional_model_uses_its_labels():
+    config = DiTConfig(in_channels=4, patch_size=(1, 2, 2), hidden_size=48, depth=2, num_heads=4, text_dim=None,
+                       num_classes=10, learn_sigma=True, pos_embed="sincos")
+    model = _randomize(DiT(config, rngs=nnx.Rngs(0)))
+    x, time, _, _ = _inputs(shape=(1, 8, 8))
+    out = model(x, time, labels=jnp.array([3, 10]))  # 10: the "no class" row, for guidance
+    assert out.shape == (2, 1, 8, 8, 8)
+    assert not np.allclose(out, model(x, time, labels=jnp.array([4, 10])))
+    with pytest.raises(ValueError, match="class-conditional: pass labels"):
+        model(x, time)
+
+
+def test_bad_inputs_raise_clear_errors():
+    model = DiT(SMALL, rngs=nnx.Rngs(0))
+    x, time, text, mask = _inputs()
+    with pytest.raises(ValueError, match=r"latent \[B, t, h, w, 4\]"):
+        model(x[..., :3], time, text=text, text_mask=mask)
+    with pytest.raises(ValueError, match=r"time must be \[B\]"):
+        model(x, time[:1], text=text, text_mask=mask)
+    with pytest.raises(ValueError, match="not divisible by the patch size"):
+        model(x[:, :, :3], time, text=text, text_mask=mask)
+    with pytest.raises(ValueError, match="this DiT reads text"):
+        model(x, time)
+    with pytest.raises(ValueError, match=r"text must be \[B=2, L, 16\]"):
+        model(x, time, text=text[..., :8], text_mask=mask)
+    with pytest.raises(ValueError, match="factorised attention alternates"):
+        DiTConfig(attention="factorised", depth=3)
+    with pytest.raises(ValueError, match="must divide by num_heads"):
+        DiTConfig(hidden_size=50, num_heads=4)
+
+
+def test_a_train_step_overfits_one_batch():
+    model = DiT(SMALL, rngs=nnx.Rngs(0))
+    x, time, text, mask = _inputs()
+    target = jax.random.normal(jax.random.key(5), x.shape)
+    optimizer = nnx.Optimizer(model, optax.adam(3e-3), wrt=nnx.Param)
+
+    @nnx.jit
+    def step(model, optimizer):
+        def loss_fn(model):
+            return jnp.mean((model(x, time, text=text, text_mask=mask) - target) ** 2)
+
+        loss, grads = nnx.value_and_grad(loss_fn)(model)
+        optimizer.update(model, grads)
+        return loss
+
+    losses = [float(step(model, optimizer)) for _ in range(150)]
+    assert losses[0] == pytest.approx(float(jnp.mean(target ** 2)), rel=1e-5)  # zero output at init
+    assert losses[-1] < losses[0] / 20
+
+
+def test_video_presets_build_and_cost_what_gflops_says():
+    model = nnx.eval_shape(lambda: DiT(DIT_PRESETS["tiny"], rngs=nnx.Rngs(0)))
+    assert 1e6 < count_params(model) < 3e6
+    full = gflops(DIT_PRESETS["tiny"], (9, 8, 8, 8))
+    factorised = gflops(DIT_PRESETS["tiny"].replace(attention="factorised"), (9, 8, 8, 8))
+    assert factorised < full
+    # Attention's share grows with N^2: at 4x the tokens, full attention costs > 4x.
+    assert gflops(DIT_PRESETS["tiny"], (17, 16, 16, 8)) > 4 * full
+    assert dit.timestep_embedding(jnp.array([0.0, 1.0])).shape == (2, 256)
