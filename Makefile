@@ -31,6 +31,7 @@ lab: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_data.py
 	$(BIN)/python benchmarks/bench_vae.py
+	$(BIN)/python benchmarks/bench_dit.py
 
 clean:
 	rm -rf $(VENV) outputs data/shapes_world
