@@ -88,12 +88,33 @@ def bench(name: str, repeats: int, dtype: str | None) -> dict:
     }
 
 
+def compile_seconds(name: str, scan: bool, batch: int = 2) -> float:
+    """Seconds to compile a training-loss gradient of a preset, from abstract shapes only
+    (no weights are allocated): what `scan_layers` buys on deep models."""
+    config = dit.DIT_PRESETS[name].replace(scan_layers=scan)
+    model = nnx.eval_shape(lambda: dit.DiT(config, rngs=nnx.Rngs(0)))
+    graphdef, state = nnx.split(model)
+    x = jax.ShapeDtypeStruct((batch, 1, 32, 32, config.in_channels), jnp.float32)
+    t = jax.ShapeDtypeStruct((batch,), jnp.float32)
+    labels = jax.ShapeDtypeStruct((batch,), jnp.int32)
+
+    def loss(state, x, t, labels):
+        return jnp.mean(nnx.merge(graphdef, state)(x, t, labels=labels) ** 2)
+
+    t0 = time.perf_counter()
+    jax.jit(jax.grad(loss)).lower(state, x, t, labels).compile()
+    return time.perf_counter() - t0
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--presets", nargs="+", default=["tiny", "small"])
+    parser.add_argument("--presets", nargs="*", default=["tiny", "small"])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--dtype", default=None, help="override the preset's compute dtype "
                         "(default: float32 on CPU, where bfloat16 matmuls are emulated and slow)")
+    parser.add_argument("--compile-preset", default="DiT-XL/2",
+                        help="deep preset whose gradient compile time is measured with and without scan_layers "
+                        "('' to skip)")
     parser.add_argument("--json")
     args = parser.parse_args()
     dtype = args.dtype or ("float32" if jax.default_backend() == "cpu" else None)
@@ -104,6 +125,10 @@ def main() -> None:
         r = bench(name, args.repeats, dtype)
         r[f"{name}_train_fraction_of_peak"] = round(r[f"{name}_train_gflop_per_s"] * 1e9 / peak, 3)
         results.update(r)
+    if args.compile_preset:
+        name = args.compile_preset
+        results[f"{name}_grad_compile_s_unrolled"] = round(compile_seconds(name, scan=False), 1)
+        results[f"{name}_grad_compile_s_scan"] = round(compile_seconds(name, scan=True), 1)
     report(results, args.json)
 
 
