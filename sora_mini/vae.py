@@ -467,6 +467,12 @@ def export_pretrained(model: VideoVAE, path: str, *, run_dir: str | None = None,
     return manifest
 
 
+def _abstract(cls, config: VAEConfig) -> VideoVAE:
+    # Shapes only: a random init would run hundreds of un-jitted ops (~20 s on a CPU) just
+    # to be overwritten by the checkpoint.
+    return nnx.eval_shape(lambda: cls(config, rngs=nnx.Rngs(0)))
+
+
 def _load_pretrained(cls, path: str) -> VideoVAE:
     import json
     import os
@@ -481,7 +487,7 @@ def _load_pretrained(cls, path: str) -> VideoVAE:
     if os.path.exists(config_file) and os.path.isdir(os.path.join(path, "params")):
         with open(config_file) as f:
             config = _config_from_dict(json.load(f))
-        model = cls(config, rngs=nnx.Rngs(0))
+        model = _abstract(cls, config)
         target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, PRETRAINED_DTYPE),
                               nnx.state(model, nnx.Param))
         try:
@@ -497,7 +503,7 @@ def _load_pretrained(cls, path: str) -> VideoVAE:
 
         with open(os.path.join(path, "train_config.json")) as f:
             config = _config_from_dict(json.load(f)["vae"])
-        model = cls(config, rngs=nnx.Rngs(0))
+        model = _abstract(cls, config)
         if not os.path.isdir(os.path.join(path, "checkpoints")):
             raise FileNotFoundError(f"the training run {path} has no checkpoint yet")
         manager = train.checkpoint_manager(os.path.join(path, "checkpoints"), read_only=True)
