@@ -330,6 +330,8 @@ class DiT(nnx.Module):
         B = x.shape[0]
         if jnp.shape(time) != (B,):
             raise ValueError(f"time must be [B] = [{B}] in [0, 1], got shape {jnp.shape(time)}")
+        if c.text_dim is None and (text is not None or text_pooled is not None):
+            raise ValueError("this DiT has no text conditioning (text_dim=None): it would ignore the text given")
         if c.text_dim is not None and text is not None:
             if text.ndim != 3 or text.shape[0] != B or text.shape[-1] != c.text_dim:
                 raise ValueError(f"text must be [B={B}, L, {c.text_dim}], got shape {text.shape}")

@@ -129,6 +129,8 @@ def test_class_conditional_model_uses_its_labels():
     assert not np.allclose(out, model(x, time, labels=jnp.array([4, 10])))
     with pytest.raises(ValueError, match="class-conditional: pass labels"):
         model(x, time)
+    with pytest.raises(ValueError, match="no text conditioning"):
+        model(x, time, labels=jnp.array([3, 10]), text=jnp.zeros((2, 4, 16)), text_mask=jnp.ones((2, 4), bool))
 
 
 def test_bad_inputs_raise_clear_errors():
