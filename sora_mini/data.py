@@ -401,6 +401,10 @@ def _caption(rng, tracks: Sequence[ObjectTrack], background: str) -> str:
     return text
 
 
+# How captions split into words: the tokenizer (sora_mini.text) uses the same pattern.
+CAPTION_WORD = re.compile(r"[a-z0-9]+|[^\sa-z0-9]")
+
+
 def caption_vocabulary() -> list[str]:
     """Every word (and ',') the caption grammar can write, sorted: what the text encoder's
     tokenizer needs. Read from the phrase tables, so it can never fall out of step."""
@@ -411,7 +415,7 @@ def caption_vocabulary() -> list[str]:
                *_CLAUSE_JOINS, *_BACKGROUND_PHRASES, "and"]
     words = set()
     for phrase in phrases:
-        words.update(re.findall(r"[a-z]+|,", phrase.lower()))
+        words.update(CAPTION_WORD.findall(phrase.replace("{}", " ").lower()))
     return sorted(words)
 
 

@@ -25,7 +25,6 @@ Prompt rules, all documented and tested:
 from __future__ import annotations
 
 import dataclasses
-import re
 import warnings
 from collections.abc import Sequence
 
@@ -34,9 +33,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from sora_mini.data import CAPTION_WORD
+
 PAD, UNK, CLS = "<pad>", "<unk>", "<cls>"
 SPECIALS = (PAD, UNK, CLS)  # ids 0, 1, 2
-_WORD = re.compile(r"[a-z0-9]+|[^\sa-z0-9]")
 
 
 class Tokenizer:
@@ -55,9 +55,9 @@ class Tokenizer:
     @classmethod
     def shapes_world(cls, max_length: int = 72) -> Tokenizer:
         """The tokenizer for shapes-world captions: every word the grammar can write."""
-        from sora_mini import data
+        from sora_mini.data import caption_vocabulary
 
-        return cls(data.caption_vocabulary(), max_length)
+        return cls(caption_vocabulary(), max_length)
 
     @property
     def vocab_size(self) -> int:
@@ -68,7 +68,7 @@ class Tokenizer:
         return self.ids[PAD]
 
     def split(self, text: str) -> list[str]:
-        return _WORD.findall(text.lower())
+        return CAPTION_WORD.findall(text.lower())
 
     def encode(self, text: str) -> list[int]:
         """`<cls>` followed by one id per word (unknown words -> `<unk>`), unpadded."""
