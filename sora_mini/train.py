@@ -73,7 +73,7 @@ def world_batch(world: data_lib.ShapesWorldConfig, step: int, batch_size: int,
 def vae_train_step(model: vae_lib.VideoVAE, optimizer: nnx.Optimizer, video, key):
     (_, metrics), grads = nnx.value_and_grad(vae_lib.vae_loss, has_aux=True)(model, video, key)
     optimizer.update(model, grads)
-    metrics["grad_norm"] = optax.tree_utils.tree_l2_norm(grads)
+    metrics["grad_norm"] = optax.tree_utils.tree_norm(grads)
     return metrics
 
 
