@@ -1,0 +1,122 @@
+"""Samplers: from noise at t = 1 to a latent at t = 0 (chapter 07).
+
+A sampler only needs, at each `(x_t, t)`, the model's guess of the clean latent and the
+noise, `(x0_hat, eps_hat)` (`sora_mini.diffusion.predict_x0_eps`). From there:
+
+- **euler**: the ODE `dx/dt = a'(t) x0_hat + s'(t) eps_hat`, one model call per step. On
+  the rectified-flow path `dx/dt = eps - x0` is the predicted velocity itself, and when
+  the model is exact Euler lands on the data in one step: the path is straight.
+- **heun**: Euler, then a second call at the end of the step and the average slope
+  (second order; the last step, which ends at t = 0, stays Euler as in EDM).
+- **ddim** (eta = 0): jump to `a(t') x0_hat + s(t') eps_hat`: deterministic, and
+  invertible (`ddim_invert`), which chapter 08 uses to edit videos.
+- **ddpm**: DDIM with eta = 1, the ancestral sampler: fresh noise at every step. It
+  needs a variance-preserving process (`objective="ddpm"`).
+
+Classifier-free guidance (Ho & Salimans 2022): with `guidance=w` the model is called once
+on a doubled batch, conditional half first, and the prediction becomes
+`uncond + w * (cond - uncond)`. The model function decides what "unconditional" means
+(the empty prompt, for the DiT).
+
+The loop is a `lax.fori_loop`: jit the caller (`jax.jit`/`nnx.jit` around a function that
+calls `sample`) and the whole sampler compiles to one program, whatever `steps` is.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from sora_mini.diffusion import DiffusionConfig, predict_x0_eps, shift_time, signal_noise
+
+SAMPLERS = ("euler", "heun", "ddim", "ddpm")
+RECTIFIED_FLOW = DiffusionConfig()  # the default process: rectified flow, velocity prediction
+
+
+def time_grid(steps: int, config: DiffusionConfig):
+    """`[steps + 1]` times from the start (1, or DDPM's last step 0.999) down to 0,
+    uniform before `config.time_shift` is applied (the shift training used)."""
+    t_max = 1.0 if config.objective == "flow" else 1.0 - 1e-3  # a(1) = 0 would make x0_hat blow up
+    return shift_time(jnp.linspace(t_max, 0.0, steps + 1), config.time_shift)
+
+
+def guided(model_fn, x, t, guidance: float | None):
+    """The model's prediction, with classifier-free guidance when `guidance` is a number:
+    one call on `[x; x]`, whose first half the model conditions and second half not."""
+    t = jnp.broadcast_to(t, (x.shape[0],))
+    if guidance is None:
+        return model_fn(x, t)
+    out = model_fn(jnp.concatenate([x, x]), jnp.concatenate([t, t]))
+    cond, uncond = jnp.split(out, 2)
+    return uncond + guidance * (cond - uncond)
+
+
+def _velocity(x, x0, eps, t, config):
+    # dx/dt of x_t = a(t) x0 + s(t) eps, holding the model's (x0, eps) fixed.
+    _, (da, ds) = jax.jvp(lambda u: signal_noise(u, config), (t,), (jnp.ones_like(t),))
+    return da * x0 + ds * eps
+
+
+def sample(model_fn, noise, *, config: DiffusionConfig = RECTIFIED_FLOW, sampler: str = "euler",
+           steps: int = 50, guidance: float | None = None, key=None):
+    """Integrate from `noise` (the latent at t = 1, e.g. `jax.random.normal(key, shape)`)
+    to t = 0 with `steps` steps. `model_fn(x [B, ...], t [B]) -> prediction` (as trained
+    under `config`); `key` is needed by `ddpm` only. Returns the latent `x_0`."""
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; expected one of {SAMPLERS}")
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    if sampler == "ddpm":
+        if config.objective != "ddpm":
+            raise ValueError("the ddpm sampler needs a variance-preserving process (objective='ddpm'); "
+                             "use euler, heun or ddim for rectified flow")
+        if key is None:
+            raise ValueError("the ddpm sampler draws fresh noise each step: pass key=")
+    grid = time_grid(steps, config)
+
+    def predict(x, t):
+        return predict_x0_eps(x, guided(model_fn, x, t, guidance), jnp.full((x.shape[0],), t), config)
+
+    def step(i, carry):
+        x, key = carry
+        t, t_next = grid[i], grid[i + 1]
+        x0, eps = predict(x, t)
+        if sampler == "euler":
+            x = x + (t_next - t) * _velocity(x, x0, eps, t, config)
+        elif sampler == "heun":
+            v = _velocity(x, x0, eps, t, config)
+            x_euler = x + (t_next - t) * v
+            x0_e, eps_e = predict(x_euler, t_next)
+            v2 = _velocity(x_euler, x0_e, eps_e, t_next, config)
+            x = jnp.where(t_next > 0, x + (t_next - t) * 0.5 * (v + v2), x_euler)
+        else:
+            a_next, s_next = signal_noise(t_next, config)
+            if sampler == "ddim":
+                x = a_next * x0 + s_next * eps
+            else:  # ddpm = DDIM with eta = 1: the posterior q(x_t' | x_t, x0) sampled
+                a, _ = signal_noise(t, config)
+                ab, ab_next = a ** 2, a_next ** 2
+                sigma = jnp.sqrt((1 - ab_next) / (1 - ab) * (1 - ab / ab_next))
+                key, sub = jax.random.split(key)
+                z = jax.random.normal(sub, x.shape, x.dtype)
+                x = a_next * x0 + jnp.sqrt(jnp.maximum(1 - ab_next - sigma ** 2, 0.0)) * eps + sigma * z
+        return x, key
+
+    x, _ = jax.lax.fori_loop(0, steps, step, (noise, key if key is not None else jax.random.key(0)))
+    return x
+
+
+def ddim_invert(model_fn, x0, *, config: DiffusionConfig = RECTIFIED_FLOW, steps: int = 50,
+                guidance: float | None = None):
+    """Run DDIM backwards, data to noise: the latent at the start of the time grid that
+    `sample(..., sampler="ddim")` maps back to (nearly) `x0`."""
+    grid = time_grid(steps, config)[::-1]  # 0 -> t_max
+
+    def step(i, x):
+        t, t_next = grid[i], grid[i + 1]
+        out = guided(model_fn, x, t, guidance)
+        x0_hat, eps_hat = predict_x0_eps(x, out, jnp.full((x.shape[0],), t), config)
+        a_next, s_next = signal_noise(t_next, config)
+        return a_next * x0_hat + s_next * eps_hat
+
+    return jax.lax.fori_loop(0, steps, step, x0)
