@@ -162,7 +162,7 @@ def train_vae(vae_config: vae_lib.VAEConfig, tc: TrainConfig, out_dir: str,
                     log.flush()
                     bar.set_postfix(loss=f"{m['loss']:.4f}", psnr=f"{m['psnr']:.1f}")
                 if save_now:
-                    _save(manager, step + 1, model, optimizer)
+                    _save(manager, step + 1, model=nnx.state(model), opt=nnx.state(optimizer))
     finally:  # also on errors and Ctrl-C: finish the pending save, release the manager
         manager.wait_until_finished()
         manager.close()
@@ -193,9 +193,8 @@ def _steps_before(out_dir: str) -> int:
     return int(before.get("total_steps", before.get("steps") or 0))
 
 
-def _save(manager, step, model, optimizer):
-    manager.save(step, args=ocp.args.Composite(model=ocp.args.StandardSave(nnx.state(model)),
-                                               opt=ocp.args.StandardSave(nnx.state(optimizer))))
+def _save(manager, step, **states):
+    manager.save(step, args=ocp.args.Composite(**{k: ocp.args.StandardSave(v) for k, v in states.items()}))
 
 
 def _psnr_from_mse(mse: float) -> float:
@@ -223,3 +222,162 @@ def _write_json(path: str, obj) -> None:
 def read_log(out_dir: str) -> list[dict]:
     with open(os.path.join(out_dir, "log.jsonl")) as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+# ----------------------------------------------------------------------------------------
+# Chapter 06: the DiT (with its text encoder) on cached VAE latents.
+
+
+@dataclasses.dataclass(frozen=True)
+class DiTTrainConfig:
+    steps: int = 4000
+    batch_size: int = 32
+    learning_rate: float = 3e-4
+    warmup_steps: int = 200
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999  # the EMA weights are the ones to sample with
+    caption_dropout: float = 0.1  # captions replaced by the empty prompt: classifier-free guidance
+    latent_scale: float = 1.0  # the VAE manifest's latent_scale: diffusion sees unit-variance latents
+    save_every: int = 500
+    log_every: int = 10
+    keep_checkpoints: int = 2
+    seed: int = 0
+
+
+def latent_batch_indices(n: int, step: int, batch_size: int, seed: int) -> np.ndarray:
+    """The cache rows of step `step`: epochs of a seeded permutation, so a resumed run
+    draws exactly the batches an uninterrupted one would."""
+    start = step * batch_size
+    rows = []
+    while len(rows) < batch_size:
+        epoch, offset = divmod(start + len(rows), n)
+        perm = np.random.default_rng([seed, epoch]).permutation(n)
+        rows.extend(perm[offset:offset + batch_size - len(rows)].tolist())
+    return np.asarray(rows)
+
+
+def data_mesh() -> jax.sharding.Mesh:
+    """A 1D mesh over every device, axis "data": the batch is split over it, the weights
+    are replicated. One CPU, a GPU, or a TPU v2-8 / v5e run the same step."""
+    return jax.sharding.Mesh(np.asarray(jax.devices()), ("data",))
+
+
+def make_dit_train_step(diffusion_config, tc: DiTTrainConfig):
+    """A jitted step `(model, optimizer, ema, mean, logvar, ids, mask, empty_ids, key) ->
+    (ema, metrics)`: sample z from the cached posterior, drop captions, diffusion loss,
+    AdamW update, EMA update."""
+    from sora_mini import diffusion
+
+    @nnx.jit
+    def step(model, optimizer, ema, mean, logvar, ids, mask, empty_ids, key):
+        k_z, k_drop, k_loss = jax.random.split(key, 3)
+        z = (mean + jnp.exp(0.5 * logvar) * jax.random.normal(k_z, mean.shape)) * tc.latent_scale
+        drop = jax.random.bernoulli(k_drop, tc.caption_dropout, (ids.shape[0],))[:, None]
+        ids = jnp.where(drop, empty_ids[None], ids)
+        mask = jnp.where(drop, empty_ids[None] != 0, mask)
+
+        def loss_fn(model):
+            return diffusion.diffusion_loss(lambda x, t: model(x, t, ids, mask), z, k_loss, diffusion_config)
+
+        (loss, _), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+        optimizer.update(model, grads)
+        params = nnx.state(model, nnx.Param)
+        ema = jax.tree.map(lambda e, p: tc.ema_decay * e + (1 - tc.ema_decay) * p, ema, params)
+        return ema, {"loss": loss, "grad_norm": optax.tree_utils.tree_norm(grads)}
+
+    return step
+
+
+def train_dit(model, latents: dict, tc: DiTTrainConfig, out_dir: str, diffusion_config=None, *,
+              tokenizer=None, progress: bool = True, stop_after: int | None = None, settings: dict | None = None):
+    """Train a `pipeline.TextToVideoModel` on a latent cache (`vae.encode_dataset` /
+    `encode-latents`: `mean`, `logvar` `[N, t, h, w, c]` and `caption` `[N]`).
+
+    Orbax checkpoints (model, optimizer, EMA) every `save_every` steps; a second call with
+    the same settings resumes exactly. `settings` (configs as plain dicts) are written to
+    `train_config.json` and must match on resume. Stops with `FloatingPointError`, keeping
+    the last good checkpoint, if the loss stops being finite. Returns `(model, ema_state)`."""
+    from sora_mini import diffusion
+    from sora_mini.text import Tokenizer
+
+    diffusion_config = diffusion_config or diffusion.DiffusionConfig()
+    tokenizer = tokenizer or Tokenizer.shapes_world()
+    for key in ("mean", "logvar", "caption"):
+        if key not in latents:
+            raise ValueError(f"the latent cache needs '{key}' (made by encode-latents), it has {sorted(latents)}")
+    mean, logvar = np.asarray(latents["mean"], np.float32), np.asarray(latents["logvar"], np.float32)
+    n = len(mean)
+    if n < tc.batch_size:
+        raise ValueError(f"the latent cache holds {n} clips, fewer than batch_size={tc.batch_size}")
+    ids, mask = (np.asarray(a) for a in tokenizer([str(c) for c in latents["caption"]]))
+    empty_ids = jnp.asarray(tokenizer("")[0][0])
+
+    os.makedirs(out_dir, exist_ok=True)
+    run = json.loads(json.dumps({"train": dataclasses.asdict(tc), "diffusion": dataclasses.asdict(diffusion_config),
+                                 "clips": n, **(settings or {})}))
+    config_path = os.path.join(out_dir, "train_config.json")
+    if os.path.exists(config_path):
+        with open(config_path) as f:
+            previous = json.load(f)
+        if previous != run:
+            changed = sorted(k for k in set(run) | set(previous) if run.get(k) != previous.get(k))
+            raise ValueError(f"{out_dir} holds a run with different settings (in {', '.join(changed)}); "
+                             "resume it with the same settings or choose another --out")
+    schedule = optax.warmup_cosine_decay_schedule(0.0, tc.learning_rate, tc.warmup_steps,
+                                                  max(tc.steps, tc.warmup_steps + 1), tc.learning_rate * 0.01)
+    tx = optax.chain(optax.clip_by_global_norm(tc.grad_clip), optax.adamw(schedule, weight_decay=tc.weight_decay))
+    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    ema = jax.tree.map(jnp.copy, nnx.state(model, nnx.Param))
+    manager = checkpoint_manager(os.path.join(out_dir, "checkpoints"), tc)
+    start = manager.latest_step() or 0
+    if start:
+        restored = manager.restore(start, args=ocp.args.Composite(
+            model=ocp.args.StandardRestore(nnx.state(model)), opt=ocp.args.StandardRestore(nnx.state(optimizer)),
+            ema=ocp.args.StandardRestore(ema)))
+        nnx.update(model, restored["model"])
+        nnx.update(optimizer, restored["opt"])
+        ema = restored["ema"]
+        print(f"resumed from step {start} in {out_dir}")
+    _write_json(config_path, run)
+
+    mesh = data_mesh()
+    if tc.batch_size % mesh.size:
+        raise ValueError(f"batch_size={tc.batch_size} must divide by the {mesh.size} devices of the mesh")
+    batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    nnx.update(model, jax.device_put(nnx.state(model), replicated))
+    nnx.update(optimizer, jax.device_put(nnx.state(optimizer), replicated))
+    ema = jax.device_put(ema, replicated)
+    step_fn = make_dit_train_step(diffusion_config, tc)
+    key = jax.random.key(tc.seed)
+    end = tc.steps if stop_after is None else min(tc.steps, start + stop_after)
+    log_path = os.path.join(out_dir, "log.jsonl")
+    _truncate_log(log_path, start)
+    earlier = read_log(out_dir) if start and os.path.exists(log_path) else []
+    t0 = time.perf_counter() - (earlier[-1]["time"] if earlier else 0.0)
+    try:
+        with open(log_path, "a") as log:
+            bar = tqdm(range(start, end), initial=start, total=tc.steps, desc="train-dit", disable=not progress)
+            for step in bar:
+                rows = latent_batch_indices(n, step, tc.batch_size, tc.seed)
+                batch = jax.device_put((mean[rows], logvar[rows], ids[rows], mask[rows]), batch_sharding)
+                ema, metrics = step_fn(model, optimizer, ema, *batch, empty_ids, jax.random.fold_in(key, step))
+                log_now = (step + 1) % tc.log_every == 0 or step + 1 == end
+                save_now = (step + 1) % tc.save_every == 0 or step + 1 == end
+                if log_now or save_now:
+                    m = {k: float(v) for k, v in metrics.items()}
+                    if not np.isfinite(m["loss"]):
+                        manager.wait_until_finished()
+                        raise FloatingPointError(
+                            f"loss became {m['loss']} at step {step + 1}; the last good checkpoint is step "
+                            f"{manager.latest_step()} in {out_dir}")
+                    log.write(json.dumps({"step": step + 1, "time": round(time.perf_counter() - t0, 2), **m}) + "\n")
+                    log.flush()
+                    bar.set_postfix(loss=f"{m['loss']:.4f}")
+                if save_now:
+                    _save(manager, step + 1, model=nnx.state(model), opt=nnx.state(optimizer), ema=ema)
+    finally:
+        manager.wait_until_finished()
+        manager.close()
+    return model, ema

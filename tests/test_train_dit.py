@@ -1,0 +1,99 @@
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from sora_mini import data, train
+from sora_mini.dit import DiTConfig
+from sora_mini.pipeline import TextToVideoModel
+from sora_mini.text import TextConfig
+
+TEXT = TextConfig(dim=16, depth=1, num_heads=2)
+DIT = DiTConfig(in_channels=4, patch_size=(1, 2, 2), hidden_size=32, depth=2, num_heads=2, text_dim=16)
+
+
+def _cache(n=12, nan=False):
+    rng = np.random.default_rng(0)
+    # One pattern plus a little per-clip noise: a distribution a small model can learn quickly.
+    pattern = rng.normal(size=(1, 3, 4, 4, 4))
+    mean = (1.5 * pattern + 0.05 * rng.normal(size=(n, 3, 4, 4, 4))).astype(np.float32)
+    if nan:
+        mean[:] = np.nan
+    captions = [data.make_clip(data.ShapesWorldConfig(height=16, width=16, num_frames=5), s).caption for s in range(n)]
+    return {"mean": mean, "logvar": np.full_like(mean, -8.0), "caption": np.asarray(captions)}
+
+
+def _model(seed=0):
+    return TextToVideoModel(TEXT, DIT, rngs=nnx.Rngs(seed))
+
+
+def _tc(**kw):
+    return train.DiTTrainConfig(**{**dict(steps=6, batch_size=4, learning_rate=3e-3, warmup_steps=2, save_every=3,
+                                          log_every=1), **kw})
+
+
+def test_training_lowers_the_diffusion_loss(tmp_path):
+    train.train_dit(_model(), _cache(), _tc(steps=120, save_every=120), str(tmp_path), progress=False)
+    losses = [r["loss"] for r in train.read_log(str(tmp_path))]
+    assert len(losses) == 120 and all(np.isfinite(losses))
+    assert np.mean(losses[-20:]) < 0.5 * np.mean(losses[:10]), (np.mean(losses[:10]), np.mean(losses[-20:]))
+
+
+def test_kill_and_resume_equals_an_uninterrupted_run(tmp_path):
+    straight, ema_a = train.train_dit(_model(), _cache(), _tc(), str(tmp_path / "a"), progress=False)
+    train.train_dit(_model(), _cache(), _tc(), str(tmp_path / "b"), progress=False, stop_after=4)
+    resumed, ema_b = train.train_dit(_model(), _cache(), _tc(), str(tmp_path / "b"), progress=False)
+    for x, y in zip(jax.tree.leaves(nnx.state(straight, nnx.Param)), jax.tree.leaves(nnx.state(resumed, nnx.Param)),
+                    strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+    for x, y in zip(jax.tree.leaves(ema_a), jax.tree.leaves(ema_b), strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+    assert [r["step"] for r in train.read_log(str(tmp_path / "b"))] == list(range(1, 7))
+    with pytest.raises(ValueError, match="different settings"):
+        train.train_dit(_model(), _cache(), _tc(learning_rate=1e-3), str(tmp_path / "b"), progress=False)
+
+
+def test_a_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    with pytest.raises(FloatingPointError, match="last good checkpoint is step None"):
+        train.train_dit(_model(), _cache(nan=True), _tc(save_every=1), str(tmp_path), progress=False)
+    assert not os.listdir(tmp_path / "checkpoints")  # nothing non-finite was saved
+    with pytest.raises(ValueError, match="fewer than batch_size=4"):
+        train.train_dit(_model(), _cache(n=3), _tc(), str(tmp_path / "small"), progress=False)
+
+
+def test_batches_are_seeded_epochs_of_the_cache():
+    rows = [train.latent_batch_indices(10, s, 4, seed=1) for s in range(5)]
+    flat = np.concatenate(rows)
+    assert sorted(flat[:10]) == list(range(10)) and sorted(flat[10:20]) == list(range(10))  # whole epochs
+    np.testing.assert_array_equal(train.latent_batch_indices(10, 3, 4, seed=1), rows[3])
+
+
+SCRIPT = """
+import json, sys
+import numpy as np
+from flax import nnx
+sys.path.insert(0, {tests!r})
+import test_train_dit as t
+from sora_mini import train
+import jax
+train.train_dit(t._model(), t._cache(), t._tc(steps=3, batch_size=8), {out!r}, progress=False)
+print(json.dumps({{"devices": jax.device_count(), "losses": [r["loss"] for r in train.read_log({out!r})]}}))
+"""
+
+
+def test_four_devices_give_the_loss_of_one(tmp_path):
+    def run(devices, out):
+        env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "JAX_PLATFORMS": "cpu"}
+        code = SCRIPT.format(tests=os.path.dirname(__file__), out=str(out))
+        res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+        assert res.returncode == 0, res.stderr[-3000:]
+        return json.loads(res.stdout.strip().splitlines()[-1])
+
+    one, four = run(1, tmp_path / "one"), run(4, tmp_path / "four")
+    assert one["devices"] == 1 and four["devices"] == 4
+    np.testing.assert_allclose(four["losses"], one["losses"], rtol=1e-4)
