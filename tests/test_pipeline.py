@@ -1,0 +1,93 @@
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from sora_mini import data, train
+from sora_mini.dit import DiTConfig
+from sora_mini.pipeline import TextToVideo, TextToVideoModel, export_pretrained
+from sora_mini.text import TextConfig
+from sora_mini.vae import VAEConfig, VideoVAE, export_pretrained as export_vae
+
+VAE = VAEConfig(latent_channels=4, channels=(8, 16), temporal_down=2, groups=4)  # 5x16x16 -> 3x8x8x4
+TEXT = TextConfig(dim=16, depth=1, num_heads=2)
+DIT = DiTConfig(in_channels=4, patch_size=(1, 2, 2), hidden_size=32, depth=2, num_heads=2, text_dim=16)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipe")
+    world = data.ShapesWorldConfig(height=16, width=16, num_frames=5)
+    export_vae(VideoVAE(VAE, rngs=nnx.Rngs(0)), str(root / "vae"), world=world, eval_clips=2)
+    rng = np.random.default_rng(0)
+    mean = rng.normal(size=(8, 3, 8, 8, 4)).astype(np.float32)
+    cache = {"mean": mean, "logvar": np.full_like(mean, -8.0),
+             "caption": np.asarray([data.make_clip(world, s).caption for s in range(8)])}
+    tc = train.DiTTrainConfig(steps=3, batch_size=4, warmup_steps=1, save_every=3, log_every=1, latent_scale=0.9)
+    settings = {"text": TEXT.__dict__ | {}, "dit": {**DIT.__dict__, "patch_size": list(DIT.patch_size)}}
+    _, ema = train.train_dit(TextToVideoModel(TEXT, DIT, rngs=nnx.Rngs(0)), cache, tc, str(root / "run"),
+                             progress=False, settings=settings)
+    manifest = export_pretrained(str(root / "run"), str(root / "model"), str(root / "vae"), extra={"command": "t"})
+    return root, ema, manifest
+
+
+def test_export_ships_the_ema_weights_and_a_manifest(exported):
+    root, ema, manifest = exported
+    assert manifest["steps"] == 3 and manifest["command"] == "t" and manifest["train"]["latent_scale"] == 0.9
+    assert sorted(os.listdir(root / "model")) == ["dit", "vae"]
+    pipe = TextToVideo.from_pretrained(root / "model")
+    for x, y in zip(jax.tree.leaves(ema), jax.tree.leaves(nnx.state(pipe.model, nnx.Param)), strict=True):
+        np.testing.assert_array_equal(x, y)
+    assert pipe.latent_scale == 0.9
+
+
+def test_a_prompt_becomes_a_seeded_uint8_video(exported):
+    pipe = TextToVideo.from_pretrained(exported[0] / "model")
+    kw = dict(num_frames=5, height=16, width=16, steps=3)
+    a = pipe("a red circle moves to the right", seed=1, **kw)
+    assert a.shape == (5, 16, 16, 3) and a.dtype == np.uint8
+    np.testing.assert_array_equal(a, pipe("a red circle moves to the right", seed=1, **kw))
+    assert not np.array_equal(a, pipe("a red circle moves to the right", seed=2, **kw))
+    b = pipe("two blue squares fall", seed=1, guidance=None, sampler="heun", **kw)
+    assert b.shape == (5, 16, 16, 3)
+    longer = pipe("a red circle moves to the right", seed=1, num_frames=9, height=16, width=32, steps=3)
+    assert longer.shape == (9, 16, 32, 3)  # any size the VAE and patches divide
+
+
+def test_bad_requests_get_clear_errors(exported, tmp_path):
+    pipe = TextToVideo.from_pretrained(exported[0] / "model")
+    with pytest.raises(ValueError, match="the prompt is empty"):
+        pipe("   ")
+    with pytest.raises(ValueError, match="unknown sampler 'rk4'"):
+        pipe("a red circle", sampler="rk4")
+    with pytest.raises(ValueError, match=r"T = 1 \+ k \* 2"):
+        pipe("a red circle", num_frames=6, height=16, width=16)
+    with pytest.raises(ValueError, match="divisible"):
+        pipe("a red circle", num_frames=5, height=18, width=16)
+    with pytest.raises(FileNotFoundError, match="no pretrained text-to-video model"):
+        TextToVideo.from_pretrained(tmp_path)
+
+
+def test_generate_command_writes_an_mp4(exported, tmp_path):
+    out = tmp_path / "v.mp4"
+    res = subprocess.run([sys.executable, "-m", "sora_mini", "generate", "a red circle moves to the right",
+                          "--model", str(exported[0] / "model"), "--out", str(out), "--frames", "5", "--size", "16",
+                          "--steps", "2", "--gif"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert out.stat().st_size > 0 and (tmp_path / "v.gif").exists()
+    missing = subprocess.run([sys.executable, "-m", "sora_mini", "generate", "x", "--model", str(tmp_path / "no")],
+                             capture_output=True, text=True)
+    assert missing.returncode == 2 and "no pretrained text-to-video model" in missing.stderr
+
+
+def test_train_dit_command_names_what_is_missing(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "sora_mini", "train-dit", "--latents", str(tmp_path / "none.npz"),
+                          "--out", str(tmp_path / "run")], capture_output=True, text=True)
+    assert res.returncode == 2 and "no latent cache" in res.stderr and "encode-latents" in res.stderr
+    res = subprocess.run([sys.executable, "-m", "sora_mini", "train-dit", "--vae", str(tmp_path), "--latents", "x.npz",
+                          "--out", str(tmp_path / "run")], capture_output=True, text=True)
+    assert res.returncode == 2 and "no exported VAE manifest" in res.stderr
