@@ -32,6 +32,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_data.py
 	$(BIN)/python benchmarks/bench_vae.py
 	$(BIN)/python benchmarks/bench_dit.py
+	$(BIN)/python benchmarks/bench_sampling.py
 
 clean:
 	rm -rf $(VENV) outputs data/shapes_world

@@ -1,0 +1,54 @@
+"""Text-to-video generation speed on this machine: compile time and seconds per video
+(17x32x32, 50 Euler steps with classifier-free guidance, VAE decoding included) for the
+tiny preset. Uses the shipped model when present, else random weights of the same shapes
+(speed does not depend on the weights).
+
+    python benchmarks/bench_sampling.py [--model data/pretrained/tiny] [--steps 50] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import jax
+from flax import nnx
+
+from _report import report
+from sora_mini import dit, pipeline, text
+from sora_mini.diffusion import DiffusionConfig
+from sora_mini.vae import VAE_PRESETS, VideoVAE
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="data/pretrained/tiny")
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--sampler", default="euler")
+    parser.add_argument("--guidance", type=float, default=4.0)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--json")
+    args = parser.parse_args()
+    if os.path.isdir(os.path.join(args.model, "dit")):
+        pipe, weights = pipeline.TextToVideo.from_pretrained(args.model), "shipped"
+    else:
+        model = pipeline.TextToVideoModel(text.TEXT_PRESETS["tiny"], dit.DIT_PRESETS["tiny"], rngs=nnx.Rngs(0))
+        pipe = pipeline.TextToVideo(VideoVAE(VAE_PRESETS["tiny"], rngs=nnx.Rngs(0)), model, DiffusionConfig(), 1.0)
+        weights = "random"
+    prompt = "a red circle moves to the right"
+    kw = dict(steps=args.steps, sampler=args.sampler, guidance=args.guidance)
+    t0 = time.perf_counter()
+    pipe(prompt, seed=0, **kw)
+    first = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for seed in range(1, args.repeats + 1):
+        pipe(prompt, seed=seed, **kw)
+    per_video = (time.perf_counter() - t0) / args.repeats
+    report({"backend": jax.default_backend(), "weights": weights, "video": [17, 32, 32], "sampler": args.sampler,
+            "steps": args.steps, "guidance": args.guidance, "first_video_s_with_compile": round(first, 2),
+            "compile_s": round(first - per_video, 2), "seconds_per_video": round(per_video, 3)}, args.json)
+
+
+if __name__ == "__main__":
+    main()
