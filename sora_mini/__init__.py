@@ -7,6 +7,8 @@ One module per chapter of the course (see README.md):
 - `sora_mini.patchify`: spacetime patches, 3D sin-cos and rotary positions, packing.
 - `sora_mini.text`: the caption tokenizer and a small transformer text encoder.
 - `sora_mini.dit`: the diffusion transformer (adaLN-Zero, spacetime and cross-attention).
+- `sora_mini.diffusion`, `sora_mini.sampling`: rectified flow and DDPM objectives; samplers.
+- `sora_mini.pipeline`: the text encoder and DiT trained together; `TextToVideo`.
 - `sora_mini.course`: small helpers the notebooks share (fast mode, exercise checks).
 """
 
