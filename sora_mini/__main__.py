@@ -138,13 +138,17 @@ def cmd_train_dit(args) -> None:
         raise FileNotFoundError(f"no exported VAE manifest at {manifest_path}: the DiT needs its latent_scale "
                                 "(python -m sora_mini train-vae ... --export DIR)")
     with open(manifest_path) as f:
-        latent_scale = float(json.load(f)["metrics"]["latent_scale"])
+        vae_manifest = json.load(f)
+    latent_scale = float(vae_manifest["metrics"]["latent_scale"])
+    dit_config = dit.DIT_PRESETS[args.preset]
+    if vae_manifest["config"]["latent_channels"] != dit_config.in_channels:
+        raise ValueError(f"the VAE in {args.vae} makes {vae_manifest['config']['latent_channels']} latent channels; "
+                         f"the {args.preset} DiT reads {dit_config.in_channels}")
     if not os.path.exists(args.latents):
         raise FileNotFoundError(f"no latent cache at {args.latents}: make one with "
                                 f"python -m sora_mini encode-latents --vae {args.vae} --out {args.latents}")
     latents = dict(np.load(args.latents))
     text_config = text.TEXT_PRESETS[p["text"]]
-    dit_config = dit.DIT_PRESETS[args.preset]
     if latents["mean"].shape[-1] != dit_config.in_channels:
         raise ValueError(f"the latents have {latents['mean'].shape[-1]} channels, the {args.preset} DiT expects "
                          f"{dit_config.in_channels}")
@@ -155,6 +159,10 @@ def cmd_train_dit(args) -> None:
     model = pipeline.TextToVideoModel(text_config, dit_config, rngs=nnx.Rngs(tc.seed))
     train.train_dit(model, latents, tc, args.out, settings=settings)
     print(f"trained the DiT: {args.out}")
+    if args.export:
+        command = "python -m sora_mini " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("__main__.py") else ""
+        pipeline.export_pretrained(args.out, args.export, args.vae, extra={"command": command})
+        print(f"exported the text-to-video model (EMA weights + VAE) to {args.export}")
 
 
 def cmd_generate(args) -> None:
@@ -230,6 +238,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True, help="run directory: checkpoints, log.jsonl")
     p.add_argument("--steps", type=int)
     p.add_argument("--batch-size", type=int)
+    p.add_argument("--export", help="after training, write dit/ (EMA weights, manifest) and a copy of the VAE here")
     p.set_defaults(func=cmd_train_dit)
 
     p = sub.add_parser("generate", help="turn a prompt into a video with a pretrained text-to-video model")

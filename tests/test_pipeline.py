@@ -1,3 +1,4 @@
+import json
 import os
 import subprocess
 import sys
@@ -91,3 +92,25 @@ def test_train_dit_command_names_what_is_missing(tmp_path):
     res = subprocess.run([sys.executable, "-m", "sora_mini", "train-dit", "--vae", str(tmp_path), "--latents", "x.npz",
                           "--out", str(tmp_path / "run")], capture_output=True, text=True)
     assert res.returncode == 2 and "no exported VAE manifest" in res.stderr
+
+
+def test_train_dit_command_trains_and_exports(tmp_path):
+    world = data.ShapesWorldConfig(height=16, width=16, num_frames=5)
+    eight = VAEConfig(latent_channels=8, channels=(8, 16), temporal_down=2, groups=4)  # the tiny DiT reads 8 channels
+    export_vae(VideoVAE(eight, rngs=nnx.Rngs(0)), str(tmp_path / "vae"), world=world, eval_clips=2)
+    mean = np.random.default_rng(1).normal(size=(4, 3, 8, 8, 8)).astype(np.float32)
+    np.savez(tmp_path / "lat.npz", mean=mean, logvar=np.full_like(mean, -8.0),
+             caption=np.asarray(["a red circle falls"] * 4))
+    command = [sys.executable, "-m", "sora_mini", "train-dit", "--latents", str(tmp_path / "lat.npz"),
+               "--out", str(tmp_path / "run"), "--steps", "2", "--batch-size", "4", "--export", str(tmp_path / "model")]
+    res = subprocess.run(command + ["--vae", str(tmp_path / "vae")], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-3000:]
+    manifest = json.loads((tmp_path / "model" / "dit" / "manifest.json").read_text())
+    assert manifest["steps"] == 2 and "train-dit" in manifest["command"]
+    assert (tmp_path / "model" / "vae" / "config.json").exists()
+    assert TextToVideo.from_pretrained(tmp_path / "model")("a red circle falls", num_frames=5, height=16, width=16,
+                                                            steps=2).shape == (5, 16, 16, 3)
+    export_vae(VideoVAE(VAE, rngs=nnx.Rngs(0)), str(tmp_path / "vae4"), world=world, eval_clips=2)
+    res = subprocess.run(command + ["--vae", str(tmp_path / "vae4"), "--out", str(tmp_path / "run4")],
+                         capture_output=True, text=True)
+    assert res.returncode == 2 and "4 latent channels" in res.stderr
