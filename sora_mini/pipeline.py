@@ -47,11 +47,6 @@ class TextToVideoModel(nnx.Module):
 # `vae/`; `TextToVideo.from_pretrained` loads both and turns prompts into videos.
 
 
-def _write_json(path, obj):
-    with open(path, "w") as f:
-        json.dump(obj, f, indent=2)
-
-
 def export_pretrained(run_dir: str, path: str, vae_path: str, *, extra: dict | None = None) -> dict:
     """Write `path/dit/` (config.json, the EMA weights as Orbax `params/`, manifest.json,
     log.jsonl) from a `train-dit` run, and copy the VAE it was trained with to `path/vae/`.
@@ -74,7 +69,7 @@ def export_pretrained(run_dir: str, path: str, vae_path: str, *, extra: dict | N
     os.makedirs(os.path.join(tmp, "dit"))
     config = {k: settings[k] for k in ("text", "dit", "diffusion")}
     config["latent_scale"] = settings["train"]["latent_scale"]
-    _write_json(os.path.join(tmp, "dit", "config.json"), config)
+    train._write_json(os.path.join(tmp, "dit", "config.json"), config)
     with ocp.StandardCheckpointer() as ckptr:
         ckptr.save(os.path.join(tmp, "dit", "params"), ema)
     log = train.read_log(run_dir)
@@ -82,7 +77,7 @@ def export_pretrained(run_dir: str, path: str, vae_path: str, *, extra: dict | N
     manifest = {"model": "TextToVideoModel (EMA weights)", "params": sum(x.size for x in jax.tree.leaves(ema)),
                 "steps": step, "wall_time_s": log[-1]["time"], "final_train_loss": log[-1]["loss"],
                 "train": settings["train"], **(extra or {})}
-    _write_json(os.path.join(tmp, "dit", "manifest.json"), manifest)
+    train._write_json(os.path.join(tmp, "dit", "manifest.json"), manifest)
     shutil.copytree(vae_path, os.path.join(tmp, "vae"))
     for name in ("dit", "vae"):  # replace piece by piece, each only once complete
         shutil.rmtree(os.path.join(path, name), ignore_errors=True)

@@ -105,16 +105,7 @@ def train_vae(vae_config: vae_lib.VAEConfig, tc: TrainConfig, out_dir: str,
     run = json.loads(json.dumps({"vae": dataclasses.asdict(vae_config), "train": dataclasses.asdict(tc),
                                  "world": dataclasses.asdict(world),
                                  "init": {"path": init_from and os.path.abspath(init_from)}}))
-    config_path = os.path.join(out_dir, "train_config.json")
-    if os.path.exists(config_path):
-        with open(config_path) as f:
-            previous = json.load(f)
-        previous.setdefault("init", {"path": None})  # runs from before fine-tuning existed
-        if previous != run:  # resuming someone else's run would fail deep inside Orbax, or worse, not fail
-            changed = [f"{part}.{k}: {previous.get(part, {}).get(k)!r} -> {v!r}" for part in run
-                       for k, v in run[part].items() if previous.get(part, {}).get(k) != v]
-            raise ValueError(f"{out_dir} holds a run with different settings ({'; '.join(changed)}); "
-                             "resume it with the same settings or choose another --out")
+    config_path = _check_run_settings(out_dir, run, defaults={"init": {"path": None}})  # pre-fine-tuning runs
 
     model = vae_lib.VideoVAE(vae_config, rngs=nnx.Rngs(tc.seed))
     optimizer = nnx.Optimizer(model, make_optimizer(tc), wrt=nnx.Param)
@@ -136,36 +127,17 @@ def train_vae(vae_config: vae_lib.VAEConfig, tc: TrainConfig, out_dir: str,
     _write_json(config_path, run)  # only now: a run that failed to start leaves no settings behind
 
     key = jax.random.key(tc.seed)
-    end = tc.steps if stop_after is None else min(tc.steps, start + stop_after)
-    log_path = os.path.join(out_dir, "log.jsonl")
-    _truncate_log(log_path, start)
-    # Wall time accumulates across resumes: the manifest reports the whole run's cost.
-    earlier = read_log(out_dir) if start and os.path.exists(log_path) else []
-    t0 = time.perf_counter() - (earlier[-1]["time"] if earlier else 0.0)
-    try:
-        with open(log_path, "a") as log:
-            bar = tqdm(range(start, end), initial=start, total=tc.steps, desc="train-vae", disable=not progress)
-            for step in bar:
-                video = jnp.asarray(world_batch(world, offset + step, tc.batch_size, tc.crop_size))
-                metrics = vae_train_step(model, optimizer, video, jax.random.fold_in(key, offset + step))
-                log_now = (step + 1) % tc.log_every == 0 or step + 1 == end
-                save_now = (step + 1) % tc.save_every == 0 or step + 1 == end
-                if log_now or save_now:  # never save a model whose loss is not finite
-                    m = {k: float(v) for k, v in metrics.items()}
-                    if not np.isfinite(m["loss"]):
-                        manager.wait_until_finished()
-                        raise FloatingPointError(
-                            f"loss became {m['loss']} at step {step + 1}; the last good checkpoint is step "
-                            f"{manager.latest_step()} in {out_dir}")
-                    m["psnr"] = _psnr_from_mse(m["mse"])
-                    log.write(json.dumps({"step": step + 1, "time": round(time.perf_counter() - t0, 2), **m}) + "\n")
-                    log.flush()
-                    bar.set_postfix(loss=f"{m['loss']:.4f}", psnr=f"{m['psnr']:.1f}")
-                if save_now:
-                    _save(manager, step + 1, model=nnx.state(model), opt=nnx.state(optimizer))
-    finally:  # also on errors and Ctrl-C: finish the pending save, release the manager
-        manager.wait_until_finished()
-        manager.close()
+
+    def run_step(step):
+        video = jnp.asarray(world_batch(world, offset + step, tc.batch_size, tc.crop_size))
+        return vae_train_step(model, optimizer, video, jax.random.fold_in(key, offset + step))
+
+    def with_psnr(m):
+        return {**m, "psnr": _psnr_from_mse(m["mse"])}
+
+    _train_loop(out_dir, manager, tc, start, stop_after, "train-vae", progress, run_step,
+                save=lambda step: _save(manager, step, model=nnx.state(model), opt=nnx.state(optimizer)),
+                describe=with_psnr)
     return model
 
 
@@ -191,6 +163,65 @@ def _steps_before(out_dir: str) -> int:
     with open(path) as f:
         before = json.load(f)
     return int(before.get("total_steps", before.get("steps") or 0))
+
+
+def _check_run_settings(out_dir: str, run: dict, defaults: dict | None = None) -> str:
+    """Refuse to resume a run made with other settings (it would fail deep inside Orbax,
+    or worse, not fail); returns the path of `train_config.json`, written by the caller
+    once the run has started."""
+    config_path = os.path.join(out_dir, "train_config.json")
+    if os.path.exists(config_path):
+        with open(config_path) as f:
+            previous = {**(defaults or {}), **json.load(f)}
+        if previous != run:
+            changed = []
+            for part in [*run, *(k for k in previous if k not in run)]:
+                old, new = previous.get(part), run.get(part)
+                if old == new:
+                    continue
+                if isinstance(old, dict) and isinstance(new, dict):
+                    changed += [f"{part}.{k}: {old.get(k)!r} -> {v!r}" for k, v in new.items() if old.get(k) != v]
+                else:
+                    changed.append(f"{part}: {old!r} -> {new!r}")
+            raise ValueError(f"{out_dir} holds a run with different settings ({'; '.join(changed)}); "
+                             "resume it with the same settings or choose another --out")
+    return config_path
+
+
+def _train_loop(out_dir, manager, tc, start, stop_after, desc, progress, run_step, save, describe=None):
+    """The loop both trainings share: `run_step(step) -> metrics` for steps `start..end`,
+    a JSON-lines log every `log_every` steps (wall time accumulating across resumes), a
+    checkpoint (`save(step)`) every `save_every` steps and at the end, and a stop with
+    `FloatingPointError` before a non-finite model is ever saved."""
+    end = tc.steps if stop_after is None else min(tc.steps, start + stop_after)
+    log_path = os.path.join(out_dir, "log.jsonl")
+    _truncate_log(log_path, start)
+    earlier = read_log(out_dir) if start and os.path.exists(log_path) else []
+    t0 = time.perf_counter() - (earlier[-1]["time"] if earlier else 0.0)
+    try:
+        with open(log_path, "a") as log:
+            bar = tqdm(range(start, end), initial=start, total=tc.steps, desc=desc, disable=not progress)
+            for step in bar:
+                metrics = run_step(step)
+                log_now = (step + 1) % tc.log_every == 0 or step + 1 == end
+                save_now = (step + 1) % tc.save_every == 0 or step + 1 == end
+                if log_now or save_now:  # never save a model whose loss is not finite
+                    m = {k: float(v) for k, v in metrics.items()}
+                    if not np.isfinite(m["loss"]):
+                        manager.wait_until_finished()
+                        raise FloatingPointError(
+                            f"loss became {m['loss']} at step {step + 1}; the last good checkpoint is step "
+                            f"{manager.latest_step()} in {out_dir}")
+                    m = describe(m) if describe else m
+                    log.write(json.dumps({"step": step + 1, "time": round(time.perf_counter() - t0, 2), **m}) + "\n")
+                    log.flush()
+                    bar.set_postfix({k: f"{m[k]:.4f}" if k == "loss" else f"{m[k]:.1f}"
+                                     for k in ("loss", "psnr") if k in m})
+                if save_now:
+                    save(step + 1)
+    finally:  # also on errors and Ctrl-C: finish the pending save, release the manager
+        manager.wait_until_finished()
+        manager.close()
 
 
 def _save(manager, step, **states):
@@ -316,18 +347,8 @@ def train_dit(model, latents: dict, tc: DiTTrainConfig, out_dir: str, diffusion_
     os.makedirs(out_dir, exist_ok=True)
     run = json.loads(json.dumps({"train": dataclasses.asdict(tc), "diffusion": dataclasses.asdict(diffusion_config),
                                  "clips": n, **(settings or {})}))
-    config_path = os.path.join(out_dir, "train_config.json")
-    if os.path.exists(config_path):
-        with open(config_path) as f:
-            previous = json.load(f)
-        if previous != run:
-            changed = sorted(k for k in set(run) | set(previous) if run.get(k) != previous.get(k))
-            raise ValueError(f"{out_dir} holds a run with different settings (in {', '.join(changed)}); "
-                             "resume it with the same settings or choose another --out")
-    schedule = optax.warmup_cosine_decay_schedule(0.0, tc.learning_rate, tc.warmup_steps,
-                                                  max(tc.steps, tc.warmup_steps + 1), tc.learning_rate * 0.01)
-    tx = optax.chain(optax.clip_by_global_norm(tc.grad_clip), optax.adamw(schedule, weight_decay=tc.weight_decay))
-    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    config_path = _check_run_settings(out_dir, run)
+    optimizer = nnx.Optimizer(model, make_optimizer(tc), wrt=nnx.Param)
     ema = jax.tree.map(jnp.copy, nnx.state(model, nnx.Param))
     manager = checkpoint_manager(os.path.join(out_dir, "checkpoints"), tc)
     start = manager.latest_step() or 0
@@ -351,33 +372,16 @@ def train_dit(model, latents: dict, tc: DiTTrainConfig, out_dir: str, diffusion_
     ema = jax.device_put(ema, replicated)
     step_fn = make_dit_train_step(diffusion_config, tc)
     key = jax.random.key(tc.seed)
-    end = tc.steps if stop_after is None else min(tc.steps, start + stop_after)
-    log_path = os.path.join(out_dir, "log.jsonl")
-    _truncate_log(log_path, start)
-    earlier = read_log(out_dir) if start and os.path.exists(log_path) else []
-    t0 = time.perf_counter() - (earlier[-1]["time"] if earlier else 0.0)
-    try:
-        with open(log_path, "a") as log:
-            bar = tqdm(range(start, end), initial=start, total=tc.steps, desc="train-dit", disable=not progress)
-            for step in bar:
-                rows = latent_batch_indices(n, step, tc.batch_size, tc.seed)
-                batch = jax.device_put((mean[rows], logvar[rows], ids[rows], mask[rows]), batch_sharding)
-                ema, metrics = step_fn(model, optimizer, ema, *batch, empty_ids, jax.random.fold_in(key, step))
-                log_now = (step + 1) % tc.log_every == 0 or step + 1 == end
-                save_now = (step + 1) % tc.save_every == 0 or step + 1 == end
-                if log_now or save_now:
-                    m = {k: float(v) for k, v in metrics.items()}
-                    if not np.isfinite(m["loss"]):
-                        manager.wait_until_finished()
-                        raise FloatingPointError(
-                            f"loss became {m['loss']} at step {step + 1}; the last good checkpoint is step "
-                            f"{manager.latest_step()} in {out_dir}")
-                    log.write(json.dumps({"step": step + 1, "time": round(time.perf_counter() - t0, 2), **m}) + "\n")
-                    log.flush()
-                    bar.set_postfix(loss=f"{m['loss']:.4f}")
-                if save_now:
-                    _save(manager, step + 1, model=nnx.state(model), opt=nnx.state(optimizer), ema=ema)
-    finally:
-        manager.wait_until_finished()
-        manager.close()
+    ema_box = [ema]  # the step replaces the EMA state; the save needs the latest one
+
+    def run_step(step):
+        rows = latent_batch_indices(n, step, tc.batch_size, tc.seed)
+        batch = jax.device_put((mean[rows], logvar[rows], ids[rows], mask[rows]), batch_sharding)
+        ema_box[0], metrics = step_fn(model, optimizer, ema_box[0], *batch, empty_ids, jax.random.fold_in(key, step))
+        return metrics
+
+    _train_loop(out_dir, manager, tc, start, stop_after, "train-dit", progress, run_step,
+                save=lambda step: _save(manager, step, model=nnx.state(model), opt=nnx.state(optimizer),
+                                        ema=ema_box[0]))
+    ema = ema_box[0]
     return model, ema
