@@ -41,7 +41,7 @@ def cmd_build_data(args) -> None:
           f"-> {args.out}")
 
 
-def cmd_demo(args) -> None:
+def cmd_world_grid(args) -> None:
     from sora_mini import video as video_lib
 
     config = _world_config(args)
@@ -67,6 +67,45 @@ def cmd_demo(args) -> None:
             f.write(f"row {r + 1}, col {c + 1}: {caption}\n")
     print(open(captions).read(), end="")
     print(f"\nwrote {mp4}\n      {gif}\n      {captions}")
+
+
+# The gallery `make demo` writes: colours, shapes, directions, falls, counts, two objects,
+# the pillar, and a colour-shape pair the model never saw in training (red triangle).
+DEMO_PROMPTS = (
+    "a red circle moves to the right",
+    "a large blue square moves left",
+    "a small green triangle moves up",
+    "a yellow circle moves down and to the right",
+    "a white square falls and bounces on the floor",
+    "a purple triangle stays still on a gray background",
+    "a big orange circle quickly moves to the left, on navy",
+    "a cyan square slowly moves diagonally up and right",
+    "two small red squares move down",
+    "a green circle moves right and a white triangle moves left",
+    "a large blue triangle moves to the right and passes behind the pillar",
+    "a red triangle moves to the left",
+)
+
+
+def cmd_demo(args) -> None:
+    from sora_mini import evaluate, pipeline
+    from sora_mini import video as video_lib
+
+    t0 = time.perf_counter()
+    model = pipeline.TextToVideo.from_pretrained(args.model)
+    prompts = DEMO_PROMPTS[: args.n]
+    videos = [model(p, seed=args.seed + i, steps=args.steps, guidance=args.guidance) for i, p in enumerate(prompts)]
+    notes = []
+    for v in videos:  # what the shapes-world detector reads back from each video
+        found = evaluate.detect(v)
+        objects = ", ".join(f"{o.color} {o.shape} {o.direction()}" for o in found.objects[:3]) or "nothing"
+        notes.append(f"detector reads: {objects} on {found.background}")
+    page = video_lib.write_gallery(args.out, videos, prompts, notes=notes, scale=args.scale,
+                                   title=f"sora-mini: {len(prompts)} prompts, {args.model}")
+    for prompt, note in zip(prompts, notes):
+        print(f"{prompt!r}\n    {note}")
+    print(f"\n{len(prompts)} videos in {time.perf_counter() - t0:.1f}s (load, compile, sample, write)")
+    print(f"open {os.path.abspath(page)}")
 
 
 VAE_TRAIN_PRESETS = {
@@ -165,6 +204,83 @@ def cmd_train_dit(args) -> None:
         print(f"exported the text-to-video model (EMA weights + VAE) to {args.export}")
 
 
+# What one unit of each stage of `train-all` costs on the reference machine (this course's
+# 2-core CPU, whose float32 matmul peaks near REFERENCE_GFLOPS), measured by the
+# benchmarks and the shipped runs. The estimate scales them by a quick matmul probe.
+REFERENCE_GFLOPS = 470.0
+TRAIN_ALL_COSTS = {"tiny": {"build_data_s": 40.0, "vae_step_s": 0.10, "encode_clip_s": 1 / 126, "dit_step_s": 0.36}}
+
+
+def _matmul_gflops(n: int = 1024, repeats: int = 5) -> float:
+    import jax
+    import jax.numpy as jnp
+
+    a = jnp.ones((n, n), jnp.float32)
+    f = jax.jit(lambda x: x @ x)
+    f(a).block_until_ready()
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        f(a).block_until_ready()
+    return 2 * n ** 3 * repeats / (time.perf_counter() - t0) / 1e9
+
+
+def _exported(path: str, steps: int) -> bool:
+    """Whether `path` holds an export (VAE or DiT) whose training reached `steps`."""
+    import json
+
+    manifest = os.path.join(path, "manifest.json")
+    return os.path.exists(manifest) and json.load(open(manifest)).get("steps") == steps
+
+
+def cmd_train_all(args) -> None:
+    """Shapes world -> VAE -> latent cache -> DiT -> a model `generate` and `demo` can use.
+    Every stage resumes or is skipped when its output exists, so rerunning continues."""
+    vae_steps = args.vae_steps or VAE_TRAIN_PRESETS[args.preset]["steps"]
+    dit_steps = args.dit_steps or DIT_TRAIN_PRESETS[args.preset]["steps"]
+    export = args.export or os.path.join(args.out, "pretrained")
+    world = data_lib.SHAPES_WORLD_PRESETS[VAE_TRAIN_PRESETS[args.preset]["world"]]
+    has_data = os.path.exists(os.path.join(args.data, "shapes_world_config.json"))
+    if has_data and data_lib.load_config(args.data) != world:
+        raise ValueError(f"{args.data} holds a shapes world other than the {args.preset} preset's "
+                         f"({world.num_frames}x{world.height}x{world.width}); pass another --data")
+    splits = {k: min(v, args.train_clips) for k, v in data_lib.DEFAULT_SPLIT_SIZES.items()}
+    clips = len(data_lib.load_shapes_world(args.data, "train")) if has_data else splits["train"]
+    if args.preset in TRAIN_ALL_COSTS:
+        gflops = _matmul_gflops()
+        scale = REFERENCE_GFLOPS / gflops
+        c = TRAIN_ALL_COSTS[args.preset]
+        stages = [("build the shapes world", 0.0 if has_data else c["build_data_s"] * clips / 10_000),
+                  (f"train the VAE, {vae_steps} steps", vae_steps * c["vae_step_s"]),
+                  (f"encode {clips} clips to latents", clips * c["encode_clip_s"]),
+                  (f"train the DiT, {dit_steps} steps", dit_steps * c["dit_step_s"])]
+        print(f"train-all --preset {args.preset}: this machine does {gflops:.0f} GFLOP/s on a float32 matmul (the "
+              f"reference CPU {REFERENCE_GFLOPS:.0f}); estimated time (finished stages are skipped):")
+        for name, seconds in stages:
+            print(f"  {name:<36} {seconds * scale / 60:6.1f} min")
+        print(f"  {'total':<36} {sum(s for _, s in stages) * scale / 60:6.1f} min\n", flush=True)
+    else:
+        print(f"train-all --preset {args.preset}: no timing measured for this preset (it is sized for a GPU/TPU); "
+              f"{vae_steps} VAE steps and {dit_steps} DiT steps\n", flush=True)
+    if args.dry_run:
+        return
+
+    if not has_data:
+        cmd_build_data(argparse.Namespace(preset=VAE_TRAIN_PRESETS[args.preset]["world"], size=None, frames=None,
+                                          splits=splits, num_proc=None, out=args.data))
+    vae_dir = os.path.join(export, "vae")
+    if not _exported(vae_dir, vae_steps):
+        cmd_train_vae(argparse.Namespace(preset=args.preset, out=os.path.join(args.out, "vae"), steps=vae_steps,
+                                         batch_size=None, lr=None, init=None, export=vae_dir))
+    latents = os.path.join(args.out, "latents.npz")
+    if not os.path.exists(latents):
+        cmd_encode_latents(argparse.Namespace(vae=vae_dir, data=args.data, split="train", out=latents,
+                                              batch_size=32))
+    if not _exported(os.path.join(export, "dit"), dit_steps):
+        cmd_train_dit(argparse.Namespace(preset=args.preset, vae=vae_dir, latents=latents, steps=dit_steps,
+                                         out=os.path.join(args.out, "dit"), batch_size=None, export=export))
+    print(f"done: python -m sora_mini generate \"a red circle moves to the right\" --model {export}")
+
+
 def cmd_generate(args) -> None:
     from sora_mini import pipeline
     from sora_mini import video as video_lib
@@ -182,6 +298,28 @@ def cmd_generate(args) -> None:
         video_lib.write_video(os.path.splitext(args.out)[0] + ".gif", frames)
     print(f"{args.prompt!r} -> {args.out} ({clip.shape[0]} frames of {clip.shape[1]}x{clip.shape[2]}; "
           f"load {t1 - t0:.1f}s, compile + sample {t2 - t1:.1f}s)")
+
+
+def cmd_evaluate(args) -> None:
+    import json
+
+    from sora_mini import evaluate, pipeline
+
+    model = pipeline.TextToVideo.from_pretrained(args.checkpoint)
+    t0 = time.perf_counter()
+    generate = lambda prompt, seed: model(prompt, seed=seed, steps=args.steps, guidance=args.guidance,
+                                          sampler=args.sampler)
+    result = evaluate.evaluate_adherence(generate, args.n, args.split, vae=model.vae, progress=not args.json)
+    result["settings"] = {"checkpoint": args.checkpoint, "steps": args.steps, "guidance": args.guidance,
+                          "sampler": args.sampler, "seconds": round(time.perf_counter() - t0, 1)}
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return
+    print(f"prompt adherence on {args.n} {args.split} prompts (one moving object each):")
+    print(f"{'':>22}{'model':>8}{'vae':>8}{'real':>8}{'chance':>8}")
+    for key in [*evaluate.CHANCE, "extra_objects_rate"]:
+        row = [result[k].get(key, float("nan")) for k in ("model", "vae", "real", "chance")]
+        print(f"{key:>22}" + "".join(f"{v:8.3f}" for v in row))
 
 
 def main(argv=None) -> int:
@@ -203,7 +341,17 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="data/shapes_world", help="output directory")
     p.set_defaults(func=cmd_build_data)
 
-    p = sub.add_parser("demo", help="the course's main job so far: build the data, write a sample grid")
+    p = sub.add_parser("demo", help="the course's main job: a gallery of prompts turned into videos (HTML page)")
+    p.add_argument("--model", default="data/pretrained/tiny", help="directory with dit/ and vae/")
+    p.add_argument("--out", default="outputs", help="where the videos and index.html go")
+    p.add_argument("--n", type=int, default=len(DEMO_PROMPTS), help="how many of the gallery's prompts")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--guidance", type=float, default=4.0)
+    p.add_argument("--scale", type=int, default=4, help="upscale the written videos by this factor")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("world-grid", help="build the shapes world (if needed) and write a grid of its clips")
     world_args(p)
     p.set_defaults(splits={"train": 2000, "validation": 200, "test": 200, "compositional": 200})
     p.add_argument("--data", default="data/shapes_world", help="dataset directory (built if missing)")
@@ -211,7 +359,7 @@ def main(argv=None) -> int:
     p.add_argument("--rows", type=int, default=4)
     p.add_argument("--cols", type=int, default=4)
     p.add_argument("--scale", type=int, default=3, help="upscaling of each clip in the grid")
-    p.set_defaults(func=cmd_demo)
+    p.set_defaults(func=cmd_world_grid)
 
     p = sub.add_parser("train-vae", help="train the causal video VAE on the shapes world (resumes)")
     p.add_argument("--preset", default="tiny", help="VAE preset (tiny, small, base)")
@@ -241,6 +389,19 @@ def main(argv=None) -> int:
     p.add_argument("--export", help="after training, write dit/ (EMA weights, manifest) and a copy of the VAE here")
     p.set_defaults(func=cmd_train_dit)
 
+    p = sub.add_parser("train-all", help="data, VAE, latent cache and DiT in one go, with a time estimate first")
+    p.add_argument("--preset", default="tiny", choices=sorted(DIT_TRAIN_PRESETS))
+    p.add_argument("--out", default=None, help="run directory for every stage (default runs/<preset>)")
+    p.add_argument("--data", help="dataset directory, built if missing (default data/shapes_world for tiny, "
+                   "data/shapes_world_<preset> otherwise)")
+    p.add_argument("--train-clips", type=int, default=data_lib.DEFAULT_SPLIT_SIZES["train"],
+                   help="training clips when the dataset is built")
+    p.add_argument("--export", help="where the finished model goes (default OUT/pretrained)")
+    p.add_argument("--vae-steps", type=int, help="VAE training steps (default: the VAE preset's)")
+    p.add_argument("--dit-steps", type=int, help="DiT training steps (default: the DiT preset's)")
+    p.add_argument("--dry-run", action="store_true", help="print the time estimate and stop")
+    p.set_defaults(func=cmd_train_all)
+
     p = sub.add_parser("generate", help="turn a prompt into a video with a pretrained text-to-video model")
     p.add_argument("prompt")
     p.add_argument("--model", default="data/pretrained/tiny", help="directory with dit/ and vae/")
@@ -255,7 +416,20 @@ def main(argv=None) -> int:
     p.add_argument("--scale", type=int, default=4, help="upscale the written video by this factor")
     p.set_defaults(func=cmd_generate)
 
+    p = sub.add_parser("evaluate", help="measure a pretrained model against the shapes world's ground truth")
+    p.add_argument("--checkpoint", default="data/pretrained/tiny", help="directory with dit/ and vae/")
+    p.add_argument("--n", type=int, default=128, help="number of prompts")
+    p.add_argument("--split", default="test", help="the split whose clips give prompts and truth")
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--guidance", type=float, default=4.0)
+    p.add_argument("--sampler", default="euler")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.set_defaults(func=cmd_evaluate)
+
     args = parser.parse_args(argv)
+    if args.command == "train-all":
+        args.out = args.out or os.path.join("runs", args.preset)
+        args.data = args.data or ("data/shapes_world" if args.preset == "tiny" else f"data/shapes_world_{args.preset}")
     try:
         args.func(args)
     except (ValueError, FileNotFoundError) as e:

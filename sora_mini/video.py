@@ -105,3 +105,41 @@ def show_videos(videos, titles=None, *, fps: int = 8, scale: int = 4, columns: i
     ffmpeg_path()
     videos = [upscale(_check_video(v), scale) for v in videos]
     return mediapy.show_videos(videos, titles=titles, fps=fps, columns=columns, codec="gif")
+
+
+def write_gallery(out_dir: str | os.PathLike, videos: Sequence[np.ndarray], captions: Sequence[str], *,
+                  title: str = "sora-mini", notes: Sequence[str] | None = None, fps: int = 8,
+                  scale: int = 4) -> str:
+    """Write each clip as `NN.gif` and `NN.mp4` (upscaled) and an `index.html` that shows the
+    GIFs with their captions (and an optional note under each). Returns the page's path."""
+    import html
+
+    if len(videos) != len(captions) or (notes is not None and len(notes) != len(videos)):
+        raise ValueError(f"need one caption (and note) per video, got {len(videos)} videos, {len(captions)} "
+                         f"captions and {None if notes is None else len(notes)} notes")
+    out_dir = os.fspath(out_dir)
+    os.makedirs(out_dir, exist_ok=True)
+    cards = []
+    for i, (video, caption) in enumerate(zip(videos, captions)):
+        big = upscale(_check_video(video), scale)
+        write_video(os.path.join(out_dir, f"{i:02d}.gif"), big, fps=fps)
+        write_video(os.path.join(out_dir, f"{i:02d}.mp4"), big, fps=fps)
+        note = f'<p class="note">{html.escape(notes[i])}</p>' if notes is not None else ""
+        cards.append(f'<figure><a href="{i:02d}.mp4"><img src="{i:02d}.gif" alt="{html.escape(caption)}"></a>'
+                     f"<figcaption>{html.escape(caption)}</figcaption>{note}</figure>")
+    page = os.path.join(out_dir, "index.html")
+    with open(page, "w") as f:
+        f.write(f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em; background: #fafafa; }}
+main {{ display: grid; grid-template-columns: repeat(auto-fill, minmax(180px, 1fr)); gap: 1.5em; }}
+figure {{ margin: 0; }} img {{ width: 100%; image-rendering: pixelated; border-radius: 4px; }}
+figcaption {{ font-size: 0.95em; }} .note {{ font-size: 0.8em; color: #666; margin: 0.3em 0; }}
+</style></head>
+<body><h1>{html.escape(title)}</h1>
+<main>
+{chr(10).join(cards)}
+</main></body></html>
+""")
+    return page

@@ -55,8 +55,8 @@ def test_cli_help_and_errors(tmp_path):
     assert not (tmp_path / "x").exists()
 
 
-def test_cli_demo_writes_grid_and_captions(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "sora_mini", "demo", "--data", str(tmp_path / "data"),
+def test_cli_world_grid_writes_grid_and_captions(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "sora_mini", "world-grid", "--data", str(tmp_path / "data"),
                           "--out", str(tmp_path / "out"), "--splits", "train=20,validation=4",
                           "--rows", "2", "--cols", "3"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -67,7 +67,7 @@ def test_cli_demo_writes_grid_and_captions(tmp_path):
     captions = (tmp_path / "out" / "captions.txt").read_text().splitlines()
     assert len(captions) == 6 and captions[0].startswith("row 1, col 1: ")
     assert (tmp_path / "out" / "shapes_world_grid.gif").stat().st_size > 1000
-    other = subprocess.run([sys.executable, "-m", "sora_mini", "demo", "--data", str(tmp_path / "data"),
+    other = subprocess.run([sys.executable, "-m", "sora_mini", "world-grid", "--data", str(tmp_path / "data"),
                             "--out", str(tmp_path / "out2"), "--size", "64"], capture_output=True, text=True)
     assert other.returncode == 2 and "not the requested 17x64x64" in other.stderr
 

@@ -114,3 +114,58 @@ def test_train_dit_command_trains_and_exports(tmp_path):
     res = subprocess.run(command + ["--vae", str(tmp_path / "vae4"), "--out", str(tmp_path / "run4")],
                          capture_output=True, text=True)
     assert res.returncode == 2 and "4 latent channels" in res.stderr
+
+
+# ----------------------------------------------------------------------------------------
+# The shipped model and the commands built on it.
+
+SHIPPED = os.path.join(os.path.dirname(__file__), "..", "data", "pretrained", "tiny")
+
+
+def _cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "sora_mini", *args], capture_output=True, text=True, cwd=cwd)
+
+
+def test_shipped_model_was_trained_by_the_documented_command_within_an_hour():
+    manifest = json.loads(open(os.path.join(SHIPPED, "dit", "manifest.json")).read())
+    assert manifest["command"].startswith("python -m sora_mini train-dit --preset tiny")
+    assert manifest["steps"] == manifest["train"]["steps"] and manifest["wall_time_s"] < 3600
+    log = train.read_log(os.path.join(SHIPPED, "dit"))
+    assert log[-1]["step"] == manifest["steps"] and log[-1]["loss"] < 0.5 * log[0]["loss"]
+
+
+def test_demo_writes_a_gallery_page(tmp_path):
+    res = _cli("demo", "--model", SHIPPED, "--out", str(tmp_path), "--n", "2", "--steps", "4")
+    assert res.returncode == 0, res.stderr[-3000:]
+    page = (tmp_path / "index.html").read_text()
+    from sora_mini.__main__ import DEMO_PROMPTS
+
+    assert DEMO_PROMPTS[0] in page and DEMO_PROMPTS[1] in page and "detector reads" in page
+    for name in ("00.gif", "00.mp4", "01.gif", "01.mp4"):
+        assert (tmp_path / name).stat().st_size > 1000
+    assert str(tmp_path / "index.html") in res.stdout
+
+
+def test_evaluate_command_prints_json(tmp_path):
+    res = _cli("evaluate", "--checkpoint", SHIPPED, "--n", "4", "--steps", "4", "--json")
+    assert res.returncode == 0, res.stderr[-3000:]
+    result = json.loads(res.stdout)
+    assert set(result) >= {"model", "vae", "real", "chance"} and result["n"] == 4
+    assert result["real"]["color_accuracy"] == 1.0 and result["vae"]["color_accuracy"] == 1.0
+    missing = _cli("evaluate", "--checkpoint", str(tmp_path / "none"))
+    assert missing.returncode == 2 and "no pretrained text-to-video model" in missing.stderr
+
+
+def test_train_all_runs_every_stage_and_resumes(tmp_path):
+    args = ["train-all", "--out", str(tmp_path / "run"), "--data", str(tmp_path / "data"), "--train-clips", "40",
+            "--vae-steps", "2", "--dit-steps", "2"]
+    res = _cli(*args)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "estimated time" in res.stdout and "total" in res.stdout
+    model = TextToVideo.from_pretrained(tmp_path / "run" / "pretrained")
+    assert model("a red circle falls", steps=2).shape == (17, 32, 32, 3)
+    again = _cli(*args)  # every stage is done: nothing is rebuilt, both trainings resume at their end
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "built" not in again.stdout and "encoded" not in again.stdout
+    other = _cli("train-all", "--preset", "small", "--data", str(tmp_path / "data"), "--dry-run")
+    assert other.returncode == 2 and "other than the small preset's" in other.stderr
