@@ -17,9 +17,9 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# The course's main job so far: build the shapes world, write a sample grid and captions.
+# The course's main job: prompts -> videos with the shipped tiny model, and an HTML page.
 demo: $(STAMP)
-	$(BIN)/python -m sora_mini demo --data data/shapes_world --out outputs
+	$(BIN)/python -m sora_mini demo --model data/pretrained/tiny --out outputs
 
 # Every test, notebooks included (executed top to bottom in fast mode).
 test: $(STAMP)
@@ -32,6 +32,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_data.py
 	$(BIN)/python benchmarks/bench_vae.py
 	$(BIN)/python benchmarks/bench_dit.py
+	$(BIN)/python benchmarks/bench_train_dit.py
 	$(BIN)/python benchmarks/bench_sampling.py
 
 clean:

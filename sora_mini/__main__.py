@@ -192,7 +192,7 @@ def cmd_train_dit(args) -> None:
         raise ValueError(f"the latents have {latents['mean'].shape[-1]} channels, the {args.preset} DiT expects "
                          f"{dit_config.in_channels}")
     tc = train.DiTTrainConfig(steps=args.steps or p["steps"], batch_size=args.batch_size or p["batch_size"],
-                              learning_rate=p["learning_rate"], latent_scale=latent_scale)
+                              learning_rate=args.lr or p["learning_rate"], latent_scale=latent_scale)
     settings = {"text": dataclasses.asdict(text_config), "dit": dataclasses.asdict(dit_config),
                 "vae": os.path.abspath(args.vae), "latents": os.path.abspath(args.latents)}
     model = pipeline.TextToVideoModel(text_config, dit_config, rngs=nnx.Rngs(tc.seed))
@@ -277,7 +277,7 @@ def cmd_train_all(args) -> None:
                                               batch_size=32))
     if not _exported(os.path.join(export, "dit"), dit_steps):
         cmd_train_dit(argparse.Namespace(preset=args.preset, vae=vae_dir, latents=latents, steps=dit_steps,
-                                         out=os.path.join(args.out, "dit"), batch_size=None, export=export))
+                                         out=os.path.join(args.out, "dit"), batch_size=None, lr=None, export=export))
     print(f"done: python -m sora_mini generate \"a red circle moves to the right\" --model {export}")
 
 
@@ -386,6 +386,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True, help="run directory: checkpoints, log.jsonl")
     p.add_argument("--steps", type=int)
     p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float, help="peak learning rate (default: the preset's)")
     p.add_argument("--export", help="after training, write dit/ (EMA weights, manifest) and a copy of the VAE here")
     p.set_defaults(func=cmd_train_dit)
 

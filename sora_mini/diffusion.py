@@ -59,6 +59,9 @@ class DiffusionConfig:
         if self.time_shift <= 0:
             raise ValueError(f"time_shift must be positive, got {self.time_shift}")
 
+    def replace(self, **changes) -> DiffusionConfig:
+        return dataclasses.replace(self, **changes)
+
 
 # ----------------------------------------------------------------------------------------
 # DDPM schedules in closed form.

@@ -24,8 +24,8 @@ from sora_mini.diffusion import DiffusionConfig
 from sora_mini.dit import DiT, DiTConfig
 from sora_mini.patchify import patch_grid
 from sora_mini.sampling import SAMPLERS, sample
-from sora_mini.text import TextConfig, TextEncoder, Tokenizer
-from sora_mini.vae import VideoVAE, check_video_shape
+from sora_mini.text import PAD_ID, TextConfig, TextEncoder, Tokenizer
+from sora_mini.vae import PRETRAINED_DTYPE, VideoVAE, check_video_shape
 
 
 class TextToVideoModel(nnx.Module):
@@ -69,11 +69,15 @@ def export_pretrained(run_dir: str, path: str, vae_path: str, *, extra: dict | N
     os.makedirs(os.path.join(tmp, "dit"))
     config = {k: settings[k] for k in ("text", "dit", "diffusion")}
     config["latent_scale"] = settings["train"]["latent_scale"]
+    # Shipped as float16, like the VAE: half the size, and sampling cannot tell the difference.
+    config["weights_dtype"] = jnp.dtype(PRETRAINED_DTYPE).name
     train._write_json(os.path.join(tmp, "dit", "config.json"), config)
     with ocp.StandardCheckpointer() as ckptr:
-        ckptr.save(os.path.join(tmp, "dit", "params"), ema)
-    log = train.read_log(run_dir)
-    shutil.copy(os.path.join(run_dir, "log.jsonl"), os.path.join(tmp, "dit", "log.jsonl"))
+        ckptr.save(os.path.join(tmp, "dit", "params"), jax.tree.map(lambda x: x.astype(PRETRAINED_DTYPE), ema))
+    # The log up to the checkpoint's step: a run stopped after its last save logged more.
+    log = [row for row in train.read_log(run_dir) if row["step"] <= step]
+    with open(os.path.join(tmp, "dit", "log.jsonl"), "w") as f:
+        f.writelines(json.dumps(row) + "\n" for row in log)
     manifest = {"model": "TextToVideoModel (EMA weights)", "params": sum(x.size for x in jax.tree.leaves(ema)),
                 "steps": step, "wall_time_s": log[-1]["time"], "final_train_loss": log[-1]["loss"],
                 "train": settings["train"], **(extra or {})}
@@ -119,13 +123,15 @@ class TextToVideo:
         with open(config_file) as f:
             settings = json.load(f)
         model = _abstract_model(settings)
+        stored = jnp.dtype(settings.get("weights_dtype", "float32"))
+        target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, stored), nnx.state(model, nnx.Param))
         try:
             with ocp.StandardCheckpointer() as ckptr:
-                params = ckptr.restore(os.path.join(path, "dit", "params"), nnx.state(model, nnx.Param))
+                params = ckptr.restore(os.path.join(path, "dit", "params"), target)
         except Exception as e:
             raise ValueError(f"the DiT weights in {path}/dit/params are missing or corrupt "
                              f"({type(e).__name__}: {str(e)[:200]})") from e
-        nnx.update(model, params)
+        nnx.update(model, jax.tree.map(lambda x: x.astype(jnp.float32), params))
         leftover = [x for x in jax.tree.leaves(nnx.state(model)) if isinstance(x, jax.ShapeDtypeStruct)]
         if leftover:
             raise ValueError(f"{len(leftover)} arrays of the model were not in {path}/dit/params")
@@ -144,7 +150,7 @@ class TextToVideo:
                     text_ids, text_mask = ids, mask
                 else:  # conditional half first, then the empty prompt
                     text_ids = jnp.concatenate([ids, jnp.broadcast_to(empty_ids, ids.shape)])
-                    text_mask = text_ids != 0
+                    text_mask = text_ids != PAD_ID
                 model_fn = lambda x, t: model(x, t, text_ids[: x.shape[0]], text_mask[: x.shape[0]])
                 z = sample(model_fn, noise, config=cfg, sampler=sampler, steps=steps, guidance=guidance, key=rng)
                 video = vae.decode(z[:B] / self.latent_scale)

@@ -37,6 +37,7 @@ from sora_mini.data import CAPTION_WORD
 
 PAD, UNK, CLS = "<pad>", "<unk>", "<cls>"
 SPECIALS = (PAD, UNK, CLS)  # ids 0, 1, 2
+PAD_ID = SPECIALS.index(PAD)  # every tokenizer pads with id 0: masks are `ids != PAD_ID`
 
 
 class Tokenizer:

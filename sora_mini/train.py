@@ -299,6 +299,7 @@ def make_dit_train_step(diffusion_config, tc: DiTTrainConfig):
     (ema, metrics)`: sample z from the cached posterior, drop captions, diffusion loss,
     AdamW update, EMA update."""
     from sora_mini import diffusion
+    from sora_mini.text import PAD_ID
 
     @nnx.jit
     def step(model, optimizer, ema, mean, logvar, ids, mask, empty_ids, key):
@@ -306,7 +307,7 @@ def make_dit_train_step(diffusion_config, tc: DiTTrainConfig):
         z = (mean + jnp.exp(0.5 * logvar) * jax.random.normal(k_z, mean.shape)) * tc.latent_scale
         drop = jax.random.bernoulli(k_drop, tc.caption_dropout, (ids.shape[0],))[:, None]
         ids = jnp.where(drop, empty_ids[None], ids)
-        mask = jnp.where(drop, empty_ids[None] != 0, mask)
+        mask = jnp.where(drop, empty_ids[None] != PAD_ID, mask)
 
         def loss_fn(model):
             return diffusion.diffusion_loss(lambda x, t: model(x, t, ids, mask), z, k_loss, diffusion_config)
