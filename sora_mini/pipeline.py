@@ -138,15 +138,19 @@ class TextToVideo:
         _, _, diffusion = _configs(settings)
         return cls(VideoVAE.from_pretrained(os.path.join(path, "vae")), model, diffusion, settings["latent_scale"])
 
-    def _sampler(self, shape, sampler, steps, guidance):
-        key = (shape, sampler, steps, guidance)
+    def _sampler(self, shape, sampler, steps, guided_mode):
+        """One compiled sampler per shape, sampler, steps and guidance mode: `None` (no
+        guidance), `1.0` (the conditional model alone) or `"scale"` (any other scale, passed
+        in as a traced number, so changing it does not recompile)."""
+        key = (shape, sampler, steps, guided_mode)
         if key not in self._compiled:
             cfg = self.diffusion
 
             @nnx.jit
-            def run(model, vae, ids, mask, empty_ids, noise, rng):
+            def run(model, vae, ids, mask, empty_ids, noise, rng, scale):
                 B = noise.shape[0]
-                if guidance is None:
+                guidance = scale if guided_mode == "scale" else guided_mode
+                if guidance is None or guided_mode == 1.0:
                     text_ids, text_mask = ids, mask
                 else:  # conditional half first, then the empty prompt
                     text_ids = jnp.concatenate([ids, jnp.broadcast_to(empty_ids, ids.shape)])
@@ -173,5 +177,7 @@ class TextToVideo:
         empty_ids = self.tokenizer("")[0]
         k_noise, k_sample = jax.random.split(jax.random.key(seed))
         noise = jax.random.normal(k_noise, (1, *latent))
-        run = self._sampler(latent, sampler, steps, None if guidance is None else float(guidance))
-        return jax.device_get(run(self.model, self.vae, ids, mask, empty_ids, noise, k_sample))[0]
+        mode = None if guidance is None else 1.0 if float(guidance) == 1.0 else "scale"
+        run = self._sampler(latent, sampler, steps, mode)
+        scale = jnp.float32(1.0 if guidance is None else guidance)
+        return jax.device_get(run(self.model, self.vae, ids, mask, empty_ids, noise, k_sample, scale))[0]

@@ -44,8 +44,8 @@ def guided(model_fn, x, t, guidance: float | None):
     """The model's prediction, with classifier-free guidance when `guidance` is a number:
     one call on `[x; x]`, whose first half the model conditions and second half not."""
     t = jnp.broadcast_to(t, (x.shape[0],))
-    if guidance is None:
-        return model_fn(x, t)
+    if guidance is None or (isinstance(guidance, (int, float)) and guidance == 1.0):
+        return model_fn(x, t)  # w = 1 is the conditional prediction: no unconditional half needed
     out = model_fn(jnp.concatenate([x, x]), jnp.concatenate([t, t]))
     cond, uncond = jnp.split(out, 2)
     return uncond + guidance * (cond - uncond)
@@ -86,9 +86,13 @@ def sample(model_fn, noise, *, config: DiffusionConfig = RECTIFIED_FLOW, sampler
         elif sampler == "heun":
             v = _velocity(x, x0, eps, t, config)
             x_euler = x + (t_next - t) * v
-            x0_e, eps_e = predict(x_euler, t_next)
-            v2 = _velocity(x_euler, x0_e, eps_e, t_next, config)
-            x = jnp.where(t_next > 0, x + (t_next - t) * 0.5 * (v + v2), x_euler)
+
+            def correct(x_euler):
+                x0_e, eps_e = predict(x_euler, t_next)
+                return x + (t_next - t) * 0.5 * (v + _velocity(x_euler, x0_e, eps_e, t_next, config))
+
+            # lax.cond, not jnp.where: the last step (to t = 0) skips the second model call.
+            x = jax.lax.cond(t_next > 0, correct, lambda x_euler: x_euler, x_euler)
         else:
             a_next, s_next = signal_noise(t_next, config)
             if sampler == "ddim":

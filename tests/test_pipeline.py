@@ -54,6 +54,9 @@ def test_a_prompt_becomes_a_seeded_uint8_video(exported):
     assert a.shape == (5, 16, 16, 3) and a.dtype == np.uint8
     np.testing.assert_array_equal(a, pipe("a red circle moves to the right", seed=1, **kw))
     assert not np.array_equal(a, pipe("a red circle moves to the right", seed=2, **kw))
+    compiled = len(pipe._compiled)
+    pipe("a red circle moves to the right", seed=1, guidance=7.0, **kw)
+    assert len(pipe._compiled) == compiled  # the guidance scale is an input, not a recompile
     b = pipe("two blue squares fall", seed=1, guidance=None, sampler="heun", **kw)
     assert b.shape == (5, 16, 16, 3)
     longer = pipe("a red circle moves to the right", seed=1, num_frames=9, height=16, width=32, steps=3)

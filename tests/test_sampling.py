@@ -82,13 +82,21 @@ def test_ddpm_sampler_draws_the_data_distribution_and_is_seeded():
 
 def test_guidance_one_is_the_conditional_prediction():
     x = jax.random.normal(jax.random.key(0), (3, 4))
+    calls = []
 
-    def model_fn(x, t):  # conditional half scaled by 1, unconditional half by 0.25
-        half = x.shape[0] // 2
-        return x * jnp.concatenate([jnp.ones((half, 1)), 0.25 * jnp.ones((half, 1))])
+    def model_fn(x, t):  # a doubled batch: conditional half scaled by 1, unconditional half by 0.25
+        calls.append(x.shape[0])
+        if x.shape[0] == 3:
+            return x
+        return x * jnp.concatenate([jnp.ones((3, 1)), 0.25 * jnp.ones((3, 1))])
 
     np.testing.assert_allclose(guided(model_fn, x, 0.5, 1.0), x)
+    assert calls == [3]  # w = 1 needs no unconditional half: one call on the batch itself
     np.testing.assert_allclose(guided(model_fn, x, 0.5, 3.0), 0.25 * x + 3.0 * 0.75 * x, rtol=1e-6)
+    assert calls == [3, 6]  # any other scale: one call on the doubled batch
+    # A traced scale of 1 (the pipeline passes scales as numbers) gives the same through the doubled batch.
+    traced = jax.jit(lambda w: guided(model_fn, x, 0.5, w))(1.0)
+    np.testing.assert_allclose(traced, x, rtol=1e-6)
     conditional_only = lambda x, t: x
     np.testing.assert_allclose(run(model_fn, x, guidance=1.0, steps=5), run(conditional_only, x, steps=5), atol=1e-6)
 
