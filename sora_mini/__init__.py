@@ -9,6 +9,7 @@ One module per chapter of the course (see README.md):
 - `sora_mini.dit`: the diffusion transformer (adaLN-Zero, spacetime and cross-attention).
 - `sora_mini.diffusion`, `sora_mini.sampling`: rectified flow and DDPM objectives; samplers.
 - `sora_mini.pipeline`: the text encoder and DiT trained together; `TextToVideo`.
+- `sora_mini.evaluate`: a shapes-world detector that reads videos back; prompt adherence.
 - `sora_mini.course`: small helpers the notebooks share (fast mode, exercise checks).
 """
 
