@@ -31,6 +31,7 @@ import numpy as np
 from scipy import ndimage
 
 from sora_mini import data
+from sora_mini.video import _check_video  # uint8 [T, H, W, 3], or a ValueError that says so
 
 # Colours an object region can be unmixed into: the object palette, then the pillar (so a
 # brown pillar is never read as a dark orange object).
@@ -73,15 +74,6 @@ class Detection:
 
     def find(self, color: str) -> DetectedObject | None:
         return next((o for o in self.objects if o.color == color), None)
-
-
-def _check_video(video) -> np.ndarray:
-    video = np.asarray(video)
-    if video.ndim != 4 or video.shape[-1] != 3:
-        raise ValueError(f"expected a video uint8 [T, H, W, 3], got shape {video.shape}")
-    if video.dtype != np.uint8:
-        raise ValueError(f"expected a uint8 video (0..255), got dtype {video.dtype}")
-    return video
 
 
 def estimate_background(video) -> str:

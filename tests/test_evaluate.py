@@ -98,7 +98,7 @@ def test_motion_direction_of_straight_tracks(direction):
 
 
 def test_errors():
-    with pytest.raises(ValueError, match=r"uint8 \[T, H, W, 3\]"):
+    with pytest.raises(ValueError, match=r"\[T, H, W, 3\]"):
         evaluate.detect(np.zeros((17, 32, 32), np.uint8))
     with pytest.raises(ValueError, match="uint8"):
         evaluate.detect(np.zeros((17, 32, 32, 3), np.float32))
