@@ -156,8 +156,11 @@ def cmd_encode_latents(args) -> None:
 DIT_TRAIN_PRESETS = {
     # tiny: 0.44 s per step of batch 32 (9x8x8x8 latents) on a 2-core CPU, so 6,000 steps take
     # about 45 minutes; lr 1e-3 beat 3e-4 at equal steps (shape read right 0.65 against 0.30).
-    "tiny": dict(text="tiny", steps=6000, batch_size=32, learning_rate=1e-3),
-    "small": dict(text="small", steps=50000, batch_size=64, learning_rate=2e-4),
+    # New runs condition on frames (chapter 08) and shift training times toward noise
+    # (SD3's shift 3), where the direction of motion is decided.
+    "tiny": dict(text="tiny", steps=6000, batch_size=32, learning_rate=1e-3, frame_conditioning=True, time_shift=3.0),
+    "small": dict(text="small", steps=50000, batch_size=64, learning_rate=2e-4, frame_conditioning=True,
+                  time_shift=3.0),
 }
 
 
@@ -168,7 +171,7 @@ def cmd_train_dit(args) -> None:
     import numpy as np
     from flax import nnx
 
-    from sora_mini import dit, pipeline, text, train
+    from sora_mini import diffusion, dit, pipeline, text, train
 
     if args.preset not in DIT_TRAIN_PRESETS:
         raise ValueError(f"unknown DiT preset {args.preset!r}; expected one of {sorted(DIT_TRAIN_PRESETS)}")
@@ -180,7 +183,9 @@ def cmd_train_dit(args) -> None:
     with open(manifest_path) as f:
         vae_manifest = json.load(f)
     latent_scale = float(vae_manifest["metrics"]["latent_scale"])
-    dit_config = dit.DIT_PRESETS[args.preset]
+    frame_conditioning = p["frame_conditioning"] if args.frame_conditioning is None else args.frame_conditioning
+    dit_config = dit.DIT_PRESETS[args.preset].replace(frame_conditioning=frame_conditioning)
+    diffusion_config = diffusion.DiffusionConfig(time_shift=args.time_shift or p["time_shift"])
     if vae_manifest["config"]["latent_channels"] != dit_config.in_channels:
         raise ValueError(f"the VAE in {args.vae} makes {vae_manifest['config']['latent_channels']} latent channels; "
                          f"the {args.preset} DiT reads {dit_config.in_channels}")
@@ -195,13 +200,24 @@ def cmd_train_dit(args) -> None:
     tc = train.DiTTrainConfig(steps=args.steps or p["steps"], batch_size=args.batch_size or p["batch_size"],
                               learning_rate=args.lr or p["learning_rate"], latent_scale=latent_scale)
     settings = {"text": dataclasses.asdict(text_config), "dit": dataclasses.asdict(dit_config),
-                "vae": os.path.abspath(args.vae), "latents": os.path.abspath(args.latents)}
+                "vae": os.path.abspath(args.vae), "latents": os.path.abspath(args.latents),
+                "init": args.init and os.path.abspath(args.init)}
     model = pipeline.TextToVideoModel(text_config, dit_config, rngs=nnx.Rngs(tc.seed))
-    train.train_dit(model, latents, tc, args.out, settings=settings)
+    init_manifest = os.path.join(args.out, "init_manifest.json")
+    if args.init and not os.path.exists(os.path.join(args.out, "checkpoints")):
+        # Read (and keep) the manifest now: the export at the end may overwrite args.init.
+        os.makedirs(args.out, exist_ok=True)
+        train._write_json(init_manifest, pipeline.init_from_pretrained(model, args.init))
+        print(f"initialised from the pretrained model in {args.init}")
+    train.train_dit(model, latents, tc, args.out, diffusion_config, settings=settings)
     print(f"trained the DiT: {args.out}")
     if args.export:
         command = "python -m sora_mini " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("__main__.py") else ""
-        pipeline.export_pretrained(args.out, args.export, args.vae, extra={"command": command})
+        extra = {"command": command}
+        if os.path.exists(init_manifest):  # a fine-tune: record the stage it started from
+            with open(init_manifest) as f:
+                extra["init"] = json.load(f)
+        pipeline.export_pretrained(args.out, args.export, args.vae, extra=extra)
         print(f"exported the text-to-video model (EMA weights + VAE) to {args.export}")
 
 
@@ -278,7 +294,8 @@ def cmd_train_all(args) -> None:
                                               batch_size=32))
     if not _exported(os.path.join(export, "dit"), dit_steps):
         cmd_train_dit(argparse.Namespace(preset=args.preset, vae=vae_dir, latents=latents, steps=dit_steps,
-                                         out=os.path.join(args.out, "dit"), batch_size=None, lr=None, export=export))
+                                         out=os.path.join(args.out, "dit"), batch_size=None, lr=None, export=export,
+                                         time_shift=None, frame_conditioning=None, init=None))
     print(f"done: python -m sora_mini generate \"a red circle moves to the right\" --model {export}")
 
 
@@ -289,8 +306,22 @@ def cmd_generate(args) -> None:
     t0 = time.perf_counter()
     model = pipeline.TextToVideo.from_pretrained(args.model)
     t1 = time.perf_counter()
-    clip = model(args.prompt, seed=args.seed, steps=args.steps, guidance=args.guidance, sampler=args.sampler,
-                 num_frames=args.frames, height=args.size, width=args.size)
+    frames_in = {}
+    for name in ("image", "video", "end"):
+        path = getattr(args, name)
+        if path:
+            if not os.path.exists(path):
+                raise FileNotFoundError(f"--{name} {path}: no such file")
+            frames_in[name] = (video_lib.read_image(path) if name == "image" or not path.endswith((".mp4", ".gif"))
+                               else video_lib.read_video(path))
+    if args.long:
+        clip = model.long_video(args.prompt, args.frames, seed=args.seed, steps=args.steps, guidance=args.guidance,
+                                sampler=args.sampler, height=args.size, width=args.size)
+    else:
+        mask = None if args.mask is None else [c == "1" for c in args.mask]
+        clip = model(args.prompt, seed=args.seed, steps=args.steps, guidance=args.guidance, sampler=args.sampler,
+                     num_frames=args.frames, height=args.size, width=args.size, mode=args.mode, mask=mask,
+                     strength=args.strength, **frames_in)
     t2 = time.perf_counter()
     frames = video_lib.upscale(clip, args.scale) if args.scale > 1 else clip
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
@@ -388,6 +419,10 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float, help="peak learning rate (default: the preset's)")
+    p.add_argument("--time-shift", type=float, help="SD3 time shift of training and sampling (default: the preset's)")
+    p.add_argument("--frame-conditioning", action=argparse.BooleanOptionalAction,
+                   help="train the DiT to read known frames (image-to-video, extension; default: the preset's)")
+    p.add_argument("--init", help="fine-tune from this pretrained text-to-video model (e.g. data/pretrained/tiny)")
     p.add_argument("--export", help="after training, write dit/ (EMA weights, manifest) and a copy of the VAE here")
     p.set_defaults(func=cmd_train_dit)
 
@@ -414,8 +449,16 @@ def main(argv=None) -> int:
     p.add_argument("--guidance", type=float, default=4.0, help="classifier-free guidance scale")
     p.add_argument("--sampler", default="euler", help="euler, heun, ddim or ddpm")
     p.add_argument("--frames", type=int, default=17)
-    p.add_argument("--size", type=int, default=32)
+    p.add_argument("--size", type=int, help="height and width (default: the given frames', or 32)")
     p.add_argument("--scale", type=int, default=4, help="upscale the written video by this factor")
+    p.add_argument("--image", help="a first frame (.png): image to video")
+    p.add_argument("--video", help="a clip (.mp4/.gif, 1 + 2k frames at the model's size) to extend or edit")
+    p.add_argument("--mode", choices=["extend", "extend_backward", "edit"],
+                   help="what --video is: the start (extend), the end (extend_backward), or a clip to edit")
+    p.add_argument("--end", help="an image or clip the video must end with (with --image/--video: interpolation)")
+    p.add_argument("--mask", help="with --video of the whole length: latent frames to keep, e.g. 100010001")
+    p.add_argument("--strength", type=float, help="editing: how far to noise --video (0 keeps it, 1 ignores it)")
+    p.add_argument("--long", action="store_true", help="--frames beyond the training length, by overlapping windows")
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("evaluate", help="measure a pretrained model against the shapes world's ground truth")

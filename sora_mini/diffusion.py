@@ -144,6 +144,11 @@ def shift_time(t, shift: float):
     return shift * t / (1.0 + (shift - 1.0) * t)
 
 
+def unshift_time(t, shift: float):
+    """The inverse of `shift_time`: `t / (shift - (shift - 1) t)`."""
+    return t / (shift - (shift - 1.0) * t)
+
+
 def resolution_shift(num_tokens: int, base_tokens: int) -> float:
     """The shift for a latent of `num_tokens` tokens when `base_tokens` trained with shift 1."""
     return math.sqrt(num_tokens / base_tokens)
@@ -158,12 +163,16 @@ def sample_time(key, batch: int, config: DiffusionConfig):
     return shift_time(t, config.time_shift)
 
 
-def diffusion_loss(model_fn, x0, key, config: DiffusionConfig):
+def diffusion_loss(model_fn, x0, key, config: DiffusionConfig, frame_weight=None):
     """Mean squared error between `model_fn(x_t, t)` and the target, for clean latents
-    `x0 [B, ...]`. Returns `(loss, aux)` with the times drawn."""
+    `x0 [B, t, ...]`. `frame_weight [B, t]` weights latent frames (0 for frames the
+    model was given, chapter 08). Returns `(loss, aux)` with the times drawn."""
     k_time, k_noise = jax.random.split(key)
     t = sample_time(k_time, x0.shape[0], config)
     eps = jax.random.normal(k_noise, x0.shape, x0.dtype)
     out = model_fn(add_noise(x0, eps, t, config), t)
-    loss = jnp.mean((out.astype(jnp.float32) - target(x0, eps, t, config)) ** 2)
-    return loss, {"t": t}
+    err = (out.astype(jnp.float32) - target(x0, eps, t, config)) ** 2
+    if frame_weight is None:
+        return jnp.mean(err), {"t": t}
+    w = jnp.broadcast_to(_expand(jnp.asarray(frame_weight, jnp.float32), err), err.shape)
+    return jnp.sum(w * err) / jnp.maximum(jnp.sum(w), 1.0), {"t": t}

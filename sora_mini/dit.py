@@ -52,6 +52,10 @@ class DiTConfig:
     text_dim: int | None = 128  # the TextEncoder's width; None: no text
     num_classes: int | None = None  # class-conditional: a table of num_classes + 1 rows (the last = "none")
     learn_sigma: bool = False  # also predict a variance (2c output channels), as the DiT paper
+    # Frame conditioning (chapter 08): the model also reads known latent frames and their
+    # mask, concatenated to the noisy latent channel-wise (Wan, Open-Sora 2.0): c + c + 1
+    # input channels. Image-to-video, extension, interpolation all become "some frames known".
+    frame_conditioning: bool = False
     # Architecture.
     attention: str = "full"  # "full" 3D attention, or "factorised" (spatial and temporal blocks alternate)
     pos_embed: str = "rope"  # "rope" (3D rotary, in attention) or "sincos" (fixed, added to the tokens)
@@ -80,6 +84,11 @@ class DiTConfig:
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_heads
+
+    @property
+    def input_channels(self) -> int:
+        """Channels the patch embedding reads: the noisy latent, plus known frames and mask."""
+        return 2 * self.in_channels + 1 if self.frame_conditioning else self.in_channels
 
     @property
     def out_channels(self) -> int:
@@ -282,12 +291,14 @@ class DiT(nnx.Module):
     - `text`, `text_mask`: the TextEncoder's `[B, L, text_dim]` tokens and `bool [B, L]`
       mask; `text_pooled` `[B, text_dim]` (default: the mean of the real tokens).
     - `labels`: `int [B]` for class-conditional configs (`config.num_classes` = none).
+    - `known`, `known_mask` (with `frame_conditioning`): clean latents `[B, t, h, w, c]` and
+      `[B, t]` (1 where latent frame f is given). Omitted: no frame is known (text only).
     Returns `float32 [B, t, h, w, out_channels]`."""
 
     def __init__(self, config: DiTConfig, *, rngs: nnx.Rngs):
         c = self.config = config
         dtype = jnp.dtype(c.dtype)
-        patch_dim = int(np.prod(c.patch_size)) * c.in_channels
+        patch_dim = int(np.prod(c.patch_size)) * c.input_channels
         # A Linear on flattened patches is the DiT's stride-p convolution, written as a matmul.
         self.patch_embed = _linear(patch_dim, c.hidden_size, dtype, rngs)
         self.time_embed = TimestepEmbedder(c.hidden_size, dtype=dtype, rngs=rngs)
@@ -323,11 +334,25 @@ class DiT(nnx.Module):
             cond = cond + self.label_embed(labels)
         return cond
 
-    def __call__(self, x, time, *, text=None, text_mask=None, text_pooled=None, labels=None):
+    def __call__(self, x, time, *, text=None, text_mask=None, text_pooled=None, labels=None, known=None,
+                 known_mask=None):
         c = self.config
         if x.ndim != 5 or x.shape[-1] != c.in_channels:
             raise ValueError(f"x must be a latent [B, t, h, w, {c.in_channels}], got shape {x.shape}")
         B = x.shape[0]
+        if (known is None) != (known_mask is None):
+            raise ValueError("pass known frames and known_mask together")
+        if known is not None and not c.frame_conditioning:
+            raise ValueError("this DiT was not trained with frame conditioning (frame_conditioning=False): "
+                             "it would ignore the known frames")
+        if c.frame_conditioning:
+            if known is None:
+                known, known_mask = jnp.zeros_like(x), jnp.zeros(x.shape[:2])
+            if known.shape != x.shape or jnp.shape(known_mask) != x.shape[:2]:
+                raise ValueError(f"known must be {x.shape} like x and known_mask [B, t] = {x.shape[:2]}, got "
+                                 f"{known.shape} and {jnp.shape(known_mask)}")
+            m = jnp.broadcast_to(jnp.asarray(known_mask, x.dtype)[:, :, None, None, None], (*x.shape[:4], 1))
+            x = jnp.concatenate([x, known * m, m], axis=-1)  # [B, t, h, w, 2c + 1]
         if jnp.shape(time) != (B,):
             raise ValueError(f"time must be [B] = [{B}] in [0, 1], got shape {jnp.shape(time)}")
         if c.text_dim is None and (text is not None or text_pooled is not None):
@@ -384,7 +409,7 @@ def gflops(config: DiTConfig, latent_shape, text_length: int = 72) -> float:
     N, D, P = gt * gh * gw, c.hidden_size, int(np.prod(c.patch_size))
     hidden = int(D * c.mlp_ratio)
     keys = {"full": N, "spatial": gh * gw, "temporal": gt}  # tokens each query attends to
-    macs = N * P * c.in_channels * D  # patch embedding
+    macs = N * P * c.input_channels * D  # patch embedding
     macs += 256 * D + D * D  # timestep MLP
     macs += (c.text_dim or 0) * D  # pooled text projection
     for i in range(c.depth):

@@ -16,6 +16,7 @@ import shutil
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
@@ -26,6 +27,7 @@ from sora_mini.patchify import patch_grid
 from sora_mini.sampling import SAMPLERS, sample
 from sora_mini.text import PAD_ID, TextConfig, TextEncoder, Tokenizer
 from sora_mini.vae import PRETRAINED_DTYPE, VideoVAE, check_video_shape
+from sora_mini.video import _check_video, to_float
 
 
 class TextToVideoModel(nnx.Module):
@@ -36,10 +38,41 @@ class TextToVideoModel(nnx.Module):
         self.text = TextEncoder(text_config, rngs=rngs)
         self.dit = DiT(dit_config, rngs=rngs)
 
-    def __call__(self, x, time, ids, mask):
-        """Noisy latents `[B, t, h, w, c]`, times `[B]`, token ids and mask `[B, L]`."""
+    def __call__(self, x, time, ids, mask, *, known=None, known_mask=None):
+        """Noisy latents `[B, t, h, w, c]`, times `[B]`, token ids and mask `[B, L]`; known
+        latent frames and their mask `[B, t]` for a frame-conditioned DiT."""
         tokens, pooled = self.text(ids, mask)
-        return self.dit(x, time, text=tokens, text_mask=mask, text_pooled=pooled)
+        return self.dit(x, time, text=tokens, text_mask=mask, text_pooled=pooled, known=known, known_mask=known_mask)
+
+
+def init_from_pretrained(model: TextToVideoModel, path: str) -> dict:
+    """Copy the pretrained model in `path` (`dit/`) into `model` (`copy_weights`), to
+    fine-tune it. Returns the pretrained model's manifest."""
+    copy_weights(TextToVideo.from_pretrained(path).model, model)
+    with open(os.path.join(path, "dit", "manifest.json")) as f:
+        return json.load(f)
+
+
+def copy_weights(source: TextToVideoModel, target: TextToVideoModel) -> None:
+    """`target` takes `source`'s weights. The configs must agree except that `target` may
+    add `frame_conditioning`: a text-to-video model grows into a frame-conditioned one by
+    widening the patch embedding with zero rows for the new input channels (known frames,
+    mask), as InstructPix2Pix widens Stable Diffusion, so it starts as exactly the same
+    function and learns to use the frames."""
+    old, new = source.dit.config, target.dit.config
+    if source.text.config != target.text.config or old.replace(frame_conditioning=new.frame_conditioning) != new:
+        raise ValueError(f"cannot copy weights between different models (only frame_conditioning may be added): "
+                         f"{source.text.config}, {old} -> {target.text.config}, {new}")
+    if old.frame_conditioning and not new.frame_conditioning:
+        raise ValueError("the source model reads known frames; the target must be frame-conditioned too")
+    params = nnx.state(source, nnx.Param)
+    if old.input_channels != new.input_channels:  # rows are ordered (position in the patch, channel)
+        kernel = params["dit"]["patch_embed"]["kernel"][...]  # [P * c_in, D]
+        P = kernel.shape[0] // old.input_channels
+        kernel = jnp.pad(kernel.reshape(P, old.input_channels, -1),
+                         ((0, 0), (0, new.input_channels - old.input_channels), (0, 0)))
+        params["dit"]["patch_embed"]["kernel"] = nnx.Param(kernel.reshape(P * new.input_channels, -1))
+    nnx.update(target, params)
 
 
 # ----------------------------------------------------------------------------------------
@@ -138,46 +171,213 @@ class TextToVideo:
         _, _, diffusion = _configs(settings)
         return cls(VideoVAE.from_pretrained(os.path.join(path, "vae")), model, diffusion, settings["latent_scale"])
 
-    def _sampler(self, shape, sampler, steps, guided_mode):
-        """One compiled sampler per shape, sampler, steps and guidance mode: `None` (no
-        guidance), `1.0` (the conditional model alone) or `"scale"` (any other scale, passed
-        in as a traced number, so changing it does not recompile)."""
-        key = (shape, sampler, steps, guided_mode)
+    # ------------------------------------------------------------------------------------
+    # Sampling. One compiled program per (latent shape, sampler, steps, guidance mode,
+    # editing or not); the guidance scale, the known frames, their mask and the editing
+    # strength are traced inputs, so text-to-video, image-to-video, extension and
+    # interpolation all run the same program.
+
+    def _sampler(self, shape, sampler, steps, guided_mode, editing: bool = False):
+        """`guided_mode`: `None` (no guidance), `1.0` (the conditional model alone) or
+        `"scale"` (any other scale, passed in as a traced number)."""
+        key = (shape, sampler, steps, guided_mode, editing)
         if key not in self._compiled:
             cfg = self.diffusion
+            reads_frames = self.model.dit.config.frame_conditioning
 
             @nnx.jit
-            def run(model, vae, ids, mask, empty_ids, noise, rng, scale):
-                B = noise.shape[0]
+            def run(model, ids, mask, empty_ids, noise, rng, scale, known, known_mask, start, t_start):
                 guidance = scale if guided_mode == "scale" else guided_mode
                 if guidance is None or guided_mode == 1.0:
                     text_ids, text_mask = ids, mask
-                else:  # conditional half first, then the empty prompt
+                else:  # conditional half first, then the empty prompt; both see the known frames
                     text_ids = jnp.concatenate([ids, jnp.broadcast_to(empty_ids, ids.shape)])
                     text_mask = text_ids != PAD_ID
-                model_fn = lambda x, t: model(x, t, text_ids[: x.shape[0]], text_mask[: x.shape[0]])
-                z = sample(model_fn, noise, config=cfg, sampler=sampler, steps=steps, guidance=guidance, key=rng)
-                video = vae.decode(z[:B] / self.latent_scale)
-                return jnp.clip(jnp.round((video + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
+                frames = jnp.concatenate([known, known]), jnp.concatenate([known_mask, known_mask])
+
+                def model_fn(x, t):
+                    n = x.shape[0]
+                    extra = dict(known=frames[0][:n], known_mask=frames[1][:n]) if reads_frames else {}
+                    return model(x, t, text_ids[:n], text_mask[:n], **extra)
+
+                return sample(model_fn, noise, config=cfg, sampler=sampler, steps=steps, guidance=guidance, key=rng,
+                              known=known, known_mask=known_mask, start=start if editing else None,
+                              t_start=t_start if editing else 1.0)
 
             self._compiled[key] = run
         return self._compiled[key]
 
+    def encode(self, video) -> jax.Array:
+        """`uint8 [T, H, W, 3]` -> the latent `[t, h, w, c]` the DiT works in (the VAE's
+        posterior mean, times the latent scale)."""
+        video = _check_video(video)
+        check_video_shape(self.vae.config, *video.shape[:3])
+        mean, _ = _vae_encode(self.vae, jnp.asarray(to_float(video))[None])
+        return mean[0] * self.latent_scale
+
+    def decode(self, latent) -> np.ndarray:
+        """The DiT's latent `[t, h, w, c]` -> `uint8 [1 + (t - 1) f_t, H, W, 3]`."""
+        return np.asarray(jax.device_get(_vae_decode(self.vae, jnp.asarray(latent)[None] / self.latent_scale))[0])
+
+    def _end_latents(self, clip) -> jax.Array:
+        # Latent frame j >= 1 of a causal VAE encodes pixel frames f_t (j - 1) + 1 .. f_t j:
+        # the last k latent frames of a clip hold its last k * f_t frames. Encoding the end clip
+        # from its own start and dropping that start's single-frame latent gives exactly such
+        # latents. A single image is held for 1 + f_t frames first.
+        clip = _check_video(clip if np.ndim(clip) == 4 else np.asarray(clip)[None])
+        if len(clip) == 1:
+            clip = np.repeat(clip, 1 + self.vae.config.temporal_down, axis=0)
+        return self.encode(clip)[1:]
+
+    def conditioning(self, num_frames: int, height: int, width: int, *, image=None, video=None, mode=None,
+                     end=None, mask=None):
+        """The known latent frames `[t, h, w, c]` and their mask `[t]` (1 = given) for a
+        clip of `num_frames`: `image` or `video` with `mode="extend"` begins the clip,
+        `video` with `mode="extend_backward"` (or `end`) ends it, both is interpolation,
+        and `video` of the clip's full length with `mask` (bool `[t]`) gives any frames."""
+        t = self.vae.config.latent_shape(num_frames, height, width)[0]
+        known = jnp.zeros(self.vae.config.latent_shape(num_frames, height, width))
+        known_mask = np.zeros(t, np.float32)
+        begin = None
+        if image is not None:
+            begin = _check_video(np.asarray(image)[None])
+        if video is not None and mode in (None, "extend"):
+            begin = video
+        if mode == "extend_backward":
+            end = video
+        if mask is not None:
+            mask = np.asarray(mask, bool)
+            if mask.shape != (t,):
+                raise ValueError(f"mask must be bool [latent frames] = [{t}] for {num_frames} frames, got {mask.shape}")
+            z = self.encode(video)
+            if z.shape != known.shape:
+                raise ValueError(f"with mask=, video must be the whole clip ({num_frames} frames of {height}x{width}), "
+                                 f"got {np.shape(video)}")
+            return jnp.where(mask[:, None, None, None], z, 0.0), mask.astype(np.float32)
+        if begin is not None:
+            z = self.encode(begin)
+            if len(z) >= t:
+                raise ValueError(f"the given start ({len(begin)} frames) leaves nothing of {num_frames} frames to "
+                                 "generate: ask for more num_frames")
+            known = known.at[: len(z)].set(z)
+            known_mask[: len(z)] = 1
+        if end is not None:
+            z = self._end_latents(end)
+            if len(z) + known_mask.sum() >= t:
+                raise ValueError(f"the given frames fill all {num_frames} frames: ask for more num_frames")
+            known = known.at[t - len(z):].set(z)
+            known_mask[t - len(z):] = 1
+        return known, known_mask
+
     def __call__(self, prompt: str, *, seed: int = 0, steps: int = 50, guidance: float | None = 4.0,
-                 sampler: str = "euler", num_frames: int = 17, height: int = 32, width: int = 32):
+                 sampler: str = "euler", num_frames: int = 17, height: int | None = None, width: int | None = None,
+                 image=None, video=None, mode: str | None = None, end=None, mask=None, strength: float | None = None):
+        """A `uint8 [num_frames, H, W, 3]` video of `prompt`.
+
+        - text to video: the prompt alone.
+        - image to video: `image=` (`uint8 [H, W, 3]`) is the first frame.
+        - extension: `video=` (1 + 2k frames) with `mode="extend"` starts the clip (forward),
+          with `mode="extend_backward"` ends it (backward in time).
+        - interpolation ("connecting two videos"): `image=`/`video=` starts it, `end=` (an
+          image or a clip) ends it.
+        - any frames: `video=` of the whole clip with `mask=` (bool over latent frames).
+        - editing (SDEdit): `video=` with `strength=` in [0, 1]: how far toward noise the
+          video is pushed before it is denoised under the prompt; 0 returns it unchanged.
+        Height and width default to the given frames' size, or 32."""
         if not isinstance(prompt, str) or not prompt.strip():
             raise ValueError("the prompt is empty: describe a video, e.g. 'a red circle moves to the right' "
                              "(the empty prompt is reserved for classifier-free guidance)")
         if sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {sampler!r}; expected one of {SAMPLERS}")
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; expected one of {MODES}")
+        if mode is None and video is not None:
+            mode = "edit" if strength is not None else None if mask is not None else "extend"
+        if (mode == "edit") != (strength is not None) or (mode == "edit" and (image is not None or end is not None)):
+            raise ValueError("editing takes video= and strength= (and no image= or end=); "
+                             "strength is only for editing")
+        if mode in ("extend_backward", "edit") and video is None or mask is not None and video is None:
+            raise ValueError(f"mode={mode!r} and mask= need video=")
+        if mode == "extend_backward" and (end is not None or image is not None):
+            raise ValueError("mode='extend_backward' ends the clip with video=; for interpolation pass the start as "
+                             "image= or video= and the end as end=")
+        given = image if image is not None else video if video is not None else end
+        if given is not None:
+            shape = np.shape(given)
+            height, width = height or shape[-3], width or shape[-2]
+            if mode == "edit":
+                num_frames = shape[0]
+        height, width = height or 32, width or 32
         check_video_shape(self.vae.config, num_frames, height, width)
         latent = self.vae.config.latent_shape(num_frames, height, width)
         patch_grid(latent, self.model.dit.config.patch_size)
+        for name, frames in (("image", None if image is None else np.asarray(image)[None]), ("video", video),
+                             ("end", None if end is None else np.asarray(end) if np.ndim(end) == 4
+                              else np.asarray(end)[None])):
+            if frames is not None and np.shape(frames)[1:3] != (height, width):
+                raise ValueError(f"{name} is {np.shape(frames)[1]}x{np.shape(frames)[2]}, the video {height}x{width}")
+        if mode == "edit":
+            strength = float(strength)
+            if not 0.0 <= strength <= 1.0:
+                raise ValueError(f"strength must lie in [0, 1], got {strength}")
+            if strength == 0.0:
+                return _check_video(video).copy()  # nothing is noised, nothing is changed
+            start, known, known_mask = self.encode(video), jnp.zeros(latent), np.zeros(latent[0], np.float32)
+        else:
+            start = jnp.zeros(latent)
+            known, known_mask = self.conditioning(num_frames, height, width, image=image, video=video, mode=mode,
+                                                  end=end if mode != "extend_backward" else None, mask=mask)
+        z = self._sample_latent(prompt, latent, seed, steps, guidance, sampler, known, known_mask, start,
+                                strength if mode == "edit" else None)
+        return self.decode(z)
+
+    def _sample_latent(self, prompt, latent, seed, steps, guidance, sampler, known, known_mask, start=None,
+                       strength=None):
         ids, mask = self.tokenizer([prompt], on_overflow="warn")
         empty_ids = self.tokenizer("")[0]
         k_noise, k_sample = jax.random.split(jax.random.key(seed))
         noise = jax.random.normal(k_noise, (1, *latent))
         mode = None if guidance is None else 1.0 if float(guidance) == 1.0 else "scale"
-        run = self._sampler(latent, sampler, steps, mode)
+        run = self._sampler(tuple(latent), sampler, steps, mode, editing=strength is not None)
         scale = jnp.float32(1.0 if guidance is None else guidance)
-        return jax.device_get(run(self.model, self.vae, ids, mask, empty_ids, noise, k_sample, scale))[0]
+        start = jnp.zeros(latent) if start is None else start
+        return run(self.model, ids, mask, empty_ids, noise, k_sample, scale, jnp.asarray(known)[None],
+                   jnp.asarray(known_mask, jnp.float32)[None], jnp.asarray(start)[None],
+                   jnp.float32(strength or 1.0))[0]
+
+    def long_video(self, prompt: str, num_frames: int, *, overlap: int = 3, window_frames: int = 17, seed: int = 0,
+                   steps: int = 50, guidance: float | None = 4.0, sampler: str = "euler", height: int = 32,
+                   width: int = 32):
+        """A video longer than the model was trained on: the first window from the prompt,
+        then windows that each take the last `overlap` latent frames as their known start
+        and generate the rest (extension in overlapping windows). The whole latent is
+        decoded at once (the causal VAE decodes any length)."""
+        check_video_shape(self.vae.config, num_frames, height, width)
+        window = self.vae.config.latent_shape(window_frames, height, width)
+        total = self.vae.config.latent_shape(num_frames, height, width)[0]
+        if not 1 <= overlap < window[0]:
+            raise ValueError(f"overlap must lie in 1..{window[0] - 1} latent frames, got {overlap}")
+        z = self._sample_latent(prompt, window, seed, steps, guidance, sampler, jnp.zeros(window),
+                                np.zeros(window[0], np.float32))
+        mask = (np.arange(window[0]) < overlap).astype(np.float32)
+        i = 0
+        while len(z) < total:
+            i += 1
+            known = jnp.zeros(window).at[:overlap].set(z[-overlap:])
+            new = self._sample_latent(prompt, window, seed + i, steps, guidance, sampler, known, mask)
+            z = jnp.concatenate([z, new[overlap:]])
+        return self.decode(z[:total])
+
+
+MODES = (None, "extend", "extend_backward", "edit")
+
+
+@nnx.jit
+def _vae_encode(vae, video):
+    return vae.encode(video)
+
+
+@nnx.jit
+def _vae_decode(vae, z):
+    video = vae.decode(z)
+    return jnp.clip(jnp.round((video + 1.0) * 127.5), 0, 255).astype(jnp.uint8)

@@ -18,6 +18,14 @@ on a doubled batch, conditional half first, and the prediction becomes
 `uncond + w * (cond - uncond)`. The model function decides what "unconditional" means
 (the empty prompt, for the DiT).
 
+Known frames (chapter 08): with `known` latents and a `known_mask` over latent frames,
+every step first puts the known frames where they would be at time t, `a(t) known + s(t)
+noise` with the starting noise itself (for the flow, their exact straight path), and the
+end result takes them verbatim: given frames come back exactly, the others are generated
+around them. This "replacement" works with any model; a model trained with frame
+conditioning also reads the known frames directly (the caller's `model_fn` passes them).
+`t_start < 1` starts from a partly noised latent instead of pure noise: SDEdit.
+
 The loop is a `lax.fori_loop`: jit the caller (`jax.jit`/`nnx.jit` around a function that
 calls `sample`) and the whole sampler compiles to one program, whatever `steps` is.
 """
@@ -27,17 +35,18 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from sora_mini.diffusion import DiffusionConfig, predict_x0_eps, shift_time, signal_noise
+from sora_mini.diffusion import DiffusionConfig, predict_x0_eps, shift_time, signal_noise, unshift_time
 
 SAMPLERS = ("euler", "heun", "ddim", "ddpm")
 RECTIFIED_FLOW = DiffusionConfig()  # the default process: rectified flow, velocity prediction
 
 
-def time_grid(steps: int, config: DiffusionConfig):
-    """`[steps + 1]` times from the start (1, or DDPM's last step 0.999) down to 0,
-    uniform before `config.time_shift` is applied (the shift training used)."""
+def time_grid(steps: int, config: DiffusionConfig, t_start: float = 1.0):
+    """`[steps + 1]` times from `t_start` (at most 1, or DDPM's last step 0.999) down to
+    0, uniform before `config.time_shift` is applied (the shift training used)."""
     t_max = 1.0 if config.objective == "flow" else 1.0 - 1e-3  # a(1) = 0 would make x0_hat blow up
-    return shift_time(jnp.linspace(t_max, 0.0, steps + 1), config.time_shift)
+    u_start = unshift_time(jnp.minimum(jnp.asarray(t_start, jnp.float32), t_max), config.time_shift)
+    return shift_time(jnp.linspace(1.0, 0.0, steps + 1) * u_start, config.time_shift)
 
 
 def guided(model_fn, x, t, guidance: float | None):
@@ -57,11 +66,25 @@ def _velocity(x, x0, eps, t, config):
     return da * x0 + ds * eps
 
 
+def known_frames_at(t, x, known, known_mask, noise, config: DiffusionConfig):
+    """`x` with its known latent frames (`known_mask` `[B, t_frames]`, 1 = known) replaced
+    by where they are at time `t` on their noising path, `a(t) known + s(t) noise`."""
+    m = jnp.asarray(known_mask, x.dtype).reshape(*jnp.shape(known_mask), *(1,) * (x.ndim - 2))
+    a, s = signal_noise(t, config)
+    return m * (a * known + s * noise) + (1 - m) * x
+
+
 def sample(model_fn, noise, *, config: DiffusionConfig = RECTIFIED_FLOW, sampler: str = "euler",
-           steps: int = 50, guidance: float | None = None, key=None):
+           steps: int = 50, guidance: float | None = None, key=None, known=None, known_mask=None,
+           t_start: float = 1.0, start=None):
     """Integrate from `noise` (the latent at t = 1, e.g. `jax.random.normal(key, shape)`)
     to t = 0 with `steps` steps. `model_fn(x [B, ...], t [B]) -> prediction` (as trained
-    under `config`); `key` is needed by `ddpm` only. Returns the latent `x_0`."""
+    under `config`); `key` is needed by `ddpm` only. Returns the latent `x_0`.
+
+    `known [B, t, ...]` and `known_mask [B, t]` (1 = latent frame given) fix those frames
+    (returned exactly). `t_start` with `start` (a clean latent) begins at `x = a(t_start)
+    start + s(t_start) noise` and integrates from there: SDEdit; `t_start = 0` returns
+    `start` itself."""
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; expected one of {SAMPLERS}")
     if not isinstance(steps, int) or steps < 1:
@@ -72,7 +95,23 @@ def sample(model_fn, noise, *, config: DiffusionConfig = RECTIFIED_FLOW, sampler
                              "use euler, heun or ddim for rectified flow")
         if key is None:
             raise ValueError("the ddpm sampler draws fresh noise each step: pass key=")
-    grid = time_grid(steps, config)
+    if (known is None) != (known_mask is None):
+        raise ValueError("pass known frames and known_mask together")
+    if known is not None and (known.shape != noise.shape or jnp.shape(known_mask) != noise.shape[:2]):
+        raise ValueError(f"known must be shaped like the noise {noise.shape} and known_mask [B, t] = "
+                         f"{noise.shape[:2]}, got {known.shape} and {jnp.shape(known_mask)}")
+    if start is not None and start.shape != noise.shape:
+        raise ValueError(f"start must be a latent shaped like the noise {noise.shape}, got {start.shape}")
+    if start is None and not (isinstance(t_start, (int, float)) and t_start == 1.0):
+        raise ValueError("t_start < 1 starts from a partly noised latent: pass start= (the clean latent to edit)")
+    grid = time_grid(steps, config, t_start)
+    if start is None:
+        x_init = noise
+    else:  # SDEdit: the clean latent noised to the first time of the grid
+        x_init = known_frames_at(grid[0], noise, start, jnp.ones(noise.shape[:2]), noise, config)
+
+    def pin(x, t):  # the known frames, on their own path
+        return x if known is None else known_frames_at(t, x, known, known_mask, noise, config)
 
     def predict(x, t):
         return predict_x0_eps(x, guided(model_fn, x, t, guidance), jnp.full((x.shape[0],), t), config)
@@ -80,6 +119,7 @@ def sample(model_fn, noise, *, config: DiffusionConfig = RECTIFIED_FLOW, sampler
     def step(i, carry):
         x, key = carry
         t, t_next = grid[i], grid[i + 1]
+        x = pin(x, t)
         x0, eps = predict(x, t)
         if sampler == "euler":
             x = x + (t_next - t) * _velocity(x, x0, eps, t, config)
@@ -88,6 +128,7 @@ def sample(model_fn, noise, *, config: DiffusionConfig = RECTIFIED_FLOW, sampler
             x_euler = x + (t_next - t) * v
 
             def correct(x_euler):
+                x_euler = pin(x_euler, t_next)
                 x0_e, eps_e = predict(x_euler, t_next)
                 return x + (t_next - t) * 0.5 * (v + _velocity(x_euler, x0_e, eps_e, t_next, config))
 
@@ -106,8 +147,8 @@ def sample(model_fn, noise, *, config: DiffusionConfig = RECTIFIED_FLOW, sampler
                 x = a_next * x0 + jnp.sqrt(jnp.maximum(1 - ab_next - sigma ** 2, 0.0)) * eps + sigma * z
         return x, key
 
-    x, _ = jax.lax.fori_loop(0, steps, step, (noise, key if key is not None else jax.random.key(0)))
-    return x
+    x, _ = jax.lax.fori_loop(0, steps, step, (x_init, key if key is not None else jax.random.key(0)))
+    return pin(x, 0.0)  # a(0) = 1, s(0) = 0: the known frames exactly
 
 
 def ddim_invert(model_fn, x0, *, config: DiffusionConfig = RECTIFIED_FLOW, steps: int = 50,

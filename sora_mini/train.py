@@ -268,7 +268,14 @@ class DiTTrainConfig:
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     ema_decay: float = 0.999  # the EMA weights are the ones to sample with
+    # DiT's EMA warm-up: decay min(ema_decay, (1 + n) / (10 + n)) at update n, so the EMA
+    # of a short run is not mostly its initial weights (0.999 from step 0 keeps 61% of
+    # them after 500 steps).
+    ema_warmup: bool = True
     caption_dropout: float = 0.1  # captions replaced by the empty prompt: classifier-free guidance
+    # A DiT with frame conditioning is shown some of its clip's latent frames in this
+    # share of examples (random_frame_masks); the loss then covers the other frames only.
+    frame_condition_rate: float = 0.5
     latent_scale: float = 1.0  # the VAE manifest's latent_scale: diffusion sees unit-variance latents
     save_every: int = 500
     log_every: int = 10
@@ -294,28 +301,60 @@ def data_mesh() -> jax.sharding.Mesh:
     return jax.sharding.Mesh(np.asarray(jax.devices()), ("data",))
 
 
+FRAME_TASKS = ("image", "first", "last", "ends", "random")
+
+
+def random_frame_masks(key, batch: int, frames: int, rate: float):
+    """`float32 [B, frames]`, 1 where a latent frame is given to the model. With
+    probability `rate` an example gets one of the chapter 08 tasks, uniformly: "image"
+    (frame 0: image-to-video), "first" k (extend forward), "last" k (extend backward),
+    "ends" (k at each end: interpolation), "random" frames; k is uniform in 1..frames/2.
+    Otherwise no frame is given (text-to-video)."""
+    k_use, k_task, k_first, k_last, k_rand = jax.random.split(key, 5)
+    f = jnp.arange(frames)[None]  # [1, F]
+    n_first = jax.random.randint(k_first, (batch, 1), 1, frames // 2 + 1)
+    n_last = jax.random.randint(k_last, (batch, 1), 1, frames // 2 + 1)
+    first, last = f < n_first, f >= frames - n_last
+    masks = jnp.stack([jnp.broadcast_to(f < 1, (batch, frames)), first, last, first | last,
+                       jax.random.bernoulli(k_rand, 0.5, (batch, frames))])  # [tasks, B, F]
+    task = jax.random.randint(k_task, (batch,), 0, len(FRAME_TASKS))
+    chosen = jnp.take_along_axis(masks, task[None, :, None], axis=0)[0]
+    use = jax.random.bernoulli(k_use, rate, (batch, 1))
+    return (chosen & use).astype(jnp.float32)
+
+
 def make_dit_train_step(diffusion_config, tc: DiTTrainConfig):
     """A jitted step `(model, optimizer, ema, mean, logvar, ids, mask, empty_ids, key) ->
-    (ema, metrics)`: sample z from the cached posterior, drop captions, diffusion loss,
-    AdamW update, EMA update."""
+    (ema, metrics)`: sample z from the cached posterior, drop captions, draw known frames
+    (frame-conditioned DiTs), diffusion loss, AdamW update, EMA update."""
     from sora_mini import diffusion
     from sora_mini.text import PAD_ID
 
     @nnx.jit
     def step(model, optimizer, ema, mean, logvar, ids, mask, empty_ids, key):
-        k_z, k_drop, k_loss = jax.random.split(key, 3)
+        k_z, k_drop, k_loss, k_frames = jax.random.split(key, 4)
         z = (mean + jnp.exp(0.5 * logvar) * jax.random.normal(k_z, mean.shape)) * tc.latent_scale
         drop = jax.random.bernoulli(k_drop, tc.caption_dropout, (ids.shape[0],))[:, None]
         ids = jnp.where(drop, empty_ids[None], ids)
         mask = jnp.where(drop, empty_ids[None] != PAD_ID, mask)
+        if model.dit.config.frame_conditioning:
+            known = random_frame_masks(k_frames, z.shape[0], z.shape[1], tc.frame_condition_rate)  # [B, t]
+            model_fn = lambda m, x, t: m(x, t, ids, mask, known=z, known_mask=known)
+            weight = 1.0 - known  # the loss is on the frames to generate
+        else:
+            model_fn, weight = (lambda m, x, t: m(x, t, ids, mask)), None
 
         def loss_fn(model):
-            return diffusion.diffusion_loss(lambda x, t: model(x, t, ids, mask), z, k_loss, diffusion_config)
+            return diffusion.diffusion_loss(lambda x, t: model_fn(model, x, t), z, k_loss, diffusion_config, weight)
 
         (loss, _), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
         optimizer.update(model, grads)
         params = nnx.state(model, nnx.Param)
-        ema = jax.tree.map(lambda e, p: tc.ema_decay * e + (1 - tc.ema_decay) * p, ema, params)
+        decay = tc.ema_decay
+        if tc.ema_warmup:
+            n = optimizer.step[...].astype(jnp.float32)  # updates made, this one included
+            decay = jnp.minimum(decay, n / (9.0 + n))
+        ema = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, ema, params)
         return ema, {"loss": loss, "grad_norm": optax.tree_utils.tree_norm(grads)}
 
     return step

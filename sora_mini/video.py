@@ -77,6 +77,19 @@ def read_video(path: str | os.PathLike) -> np.ndarray:
     return np.asarray(mediapy.read_video(path))
 
 
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read an image file (.png, .jpg) as `uint8 [H, W, 3]` (any alpha channel dropped)."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no image file at {path!r}")
+    image = np.asarray(mediapy.read_image(path))
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=-1)
+    if image.dtype != np.uint8:
+        image = np.clip(np.round(image * 255.0), 0, 255).astype(np.uint8)
+    return image[..., :3]
+
+
 def video_grid(videos: Sequence[np.ndarray] | np.ndarray, cols: int, pad: int = 2,
                pad_value: int = 255) -> np.ndarray:
     """Tile `N` clips `uint8 [T, H, W, 3]` into one `[T, rows*(H+pad)+pad, cols*(W+pad)+pad, 3]`."""
