@@ -332,26 +332,64 @@ def cmd_generate(args) -> None:
           f"load {t1 - t0:.1f}s, compile + sample {t2 - t1:.1f}s)")
 
 
+def cmd_train_classifier(args) -> None:
+    from sora_mini import fvd
+
+    t0 = time.perf_counter()
+    model = fvd.train_classifier(steps=args.steps, batch_size=args.batch_size)
+    seconds = time.perf_counter() - t0
+    accuracy = fvd.classifier_accuracy(model, n=512, split="test")
+    command = "python -m sora_mini " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("__main__.py") else ""
+    fvd.export_classifier(model, args.out, {"model": "VideoClassifier (features for the shapes world's FVD)",
+                                            "steps": args.steps, "batch_size": args.batch_size,
+                                            "wall_time_s": round(seconds, 1), "test_accuracy": accuracy,
+                                            "command": command})
+    print(f"trained the video classifier in {seconds:.0f}s; test accuracy "
+          + ", ".join(f"{k} {v:.3f}" for k, v in accuracy.items()) + f" -> {args.out}")
+
+
 def cmd_evaluate(args) -> None:
+    """Every measurement of chapter 09 for one pretrained model: prompt adherence (text to
+    video, and image to video when the model reads frames), the world-model metrics and
+    the FVD on the test and compositional splits, each beside its real-data ceiling."""
     import json
 
-    from sora_mini import evaluate, pipeline
+    from sora_mini import evaluate, fvd, pipeline
 
     model = pipeline.TextToVideo.from_pretrained(args.checkpoint)
+    classifier = fvd.load_classifier(args.classifier)
     t0 = time.perf_counter()
-    generate = lambda prompt, seed: model(prompt, seed=seed, steps=args.steps, guidance=args.guidance,
-                                          sampler=args.sampler)
-    result = evaluate.evaluate_adherence(generate, args.n, args.split, vae=model.vae, progress=not args.json)
-    result["settings"] = {"checkpoint": args.checkpoint, "steps": args.steps, "guidance": args.guidance,
-                          "sampler": args.sampler, "seconds": round(time.perf_counter() - t0, 1)}
+    sampling = dict(steps=args.steps, guidance=args.guidance, sampler=args.sampler)
+    quiet = args.json
+    generate = lambda prompt, seed: model(prompt, seed=seed, **sampling)
+    result = {"adherence": evaluate.evaluate_adherence(generate, args.n, "test", vae=model.vae, progress=not quiet)}
+    if model.model.dit.config.frame_conditioning:
+        animate = lambda prompt, seed, image: model(prompt, seed=seed, image=image, **sampling)
+        result["image_to_video"] = evaluate.evaluate_adherence(animate, args.n, "test", progress=not quiet,
+                                                               first_frame=True)
+    for split in args.splits:
+        result[f"world_{split}"] = evaluate.evaluate_world(generate, args.n, split, vae=model.vae,
+                                                           classifier=classifier, progress=not quiet)
+    result["settings"] = {"checkpoint": args.checkpoint, **sampling, "n": args.n,
+                          "seconds": round(time.perf_counter() - t0, 1)}
     if args.json:
         print(json.dumps(result, indent=2))
         return
-    print(f"prompt adherence on {args.n} {args.split} prompts (one moving object each):")
-    print(f"{'':>22}{'model':>8}{'vae':>8}{'real':>8}{'chance':>8}")
+    print(f"prompt adherence on {args.n} test prompts (one moving object each):")
+    print(f"{'':>24}{'model':>8}{'vae':>8}{'real':>8}{'chance':>8}")
     for key in [*evaluate.CHANCE, "extra_objects_rate"]:
-        row = [result[k].get(key, float("nan")) for k in ("model", "vae", "real", "chance")]
-        print(f"{key:>22}" + "".join(f"{v:8.3f}" for v in row))
+        row = [result["adherence"][k].get(key, float("nan")) for k in ("model", "vae", "real", "chance")]
+        print(f"{key:>24}" + "".join(f"{v:8.3f}" for v in row))
+    if "image_to_video" in result:
+        print("image to video (first frame given), model:")
+        print("".join(f"{k:>24}{v:8.3f}\n" for k, v in result["image_to_video"]["model"].items() if k != "n"), end="")
+    for split in args.splits:
+        r = result[f"world_{split}"]
+        print(f"world model on {args.n} {split} clips:")
+        print(f"{'':>24}{'model':>8}{'vae':>8}{'real':>8}")
+        for key in r["model"]:
+            if key != "n":
+                print(f"{key:>24}" + "".join(f"{r[k].get(key, float('nan')):8.3f}" for k in ("model", "vae", "real")))
 
 
 def main(argv=None) -> int:
@@ -461,13 +499,20 @@ def main(argv=None) -> int:
     p.add_argument("--long", action="store_true", help="--frames beyond the training length, by overlapping windows")
     p.set_defaults(func=cmd_generate)
 
+    p = sub.add_parser("train-classifier", help="train the shapes-world video classifier whose features FVD uses")
+    p.add_argument("--out", default="data/pretrained/classifier")
+    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.set_defaults(func=cmd_train_classifier)
+
     p = sub.add_parser("evaluate", help="measure a pretrained model against the shapes world's ground truth")
     p.add_argument("--checkpoint", default="data/pretrained/tiny", help="directory with dit/ and vae/")
     p.add_argument("--n", type=int, default=128, help="number of prompts")
-    p.add_argument("--split", default="test", help="the split whose clips give prompts and truth")
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--guidance", type=float, default=4.0)
     p.add_argument("--sampler", default="euler")
+    p.add_argument("--classifier", default="data/pretrained/classifier", help="the video classifier FVD uses")
+    p.add_argument("--splits", nargs="+", default=["test", "compositional"], help="splits for the world metrics")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.set_defaults(func=cmd_evaluate)
 

@@ -71,6 +71,7 @@ class DetectedObject:
 class Detection:
     background: str
     objects: tuple[DetectedObject, ...]  # largest mean area first
+    pillar: tuple[float, float] | None = None  # the occluder's columns (x0, x1) in pixels, if one shows
 
     def find(self, color: str) -> DetectedObject | None:
         return next((o for o in self.objects if o.color == color), None)
@@ -113,10 +114,13 @@ def shape_templates(centre, area: float, height: int, width: int) -> dict[str, n
     of half-side 0.886 r) and 3 sqrt(3)/4 (1.4 r)^2 (the triangle)."""
     xs = (np.arange(width, dtype=np.float32) + 0.5)[None, None, :]
     ys = (np.arange(height, dtype=np.float32) + 0.5)[None, :, None]
-    unit_area = {"circle": math.pi, "square": (2 * 0.886) ** 2, "triangle": 3 * math.sqrt(3) / 4 * 1.4**2}
     centre = np.asarray(centre, np.float32)[None]
     return {s: data.coverage(data.signed_distance(s, math.sqrt(area / a), centre, xs, ys))[0]
-            for s, a in unit_area.items()}
+            for s, a in UNIT_AREA.items()}
+
+
+# Area of each shape of "radius" 1 as the world draws it.
+UNIT_AREA = {"circle": math.pi, "square": (2 * 0.886) ** 2, "triangle": 3 * math.sqrt(3) / 4 * 1.4**2}
 
 
 def soft_iou(a, b) -> float:
@@ -183,7 +187,9 @@ def detect(video, config: DetectorConfig = DetectorConfig()) -> Detection:
         shape = max(scores, key=scores.get)
         objects.append(DetectedObject(color, shape, scores, area, position, count))
     objects.sort(key=lambda o: -o.area.mean())
-    return Detection(background, tuple(objects))
+    columns = np.flatnonzero(pillar.mean(axis=(0, 1)) > 0.5)
+    span = (float(columns.min()), float(columns.max() + 1)) if len(columns) else None
+    return Detection(background, tuple(objects), span)
 
 
 # ----------------------------------------------------------------------------------------
@@ -255,16 +261,184 @@ def vae_reconstructions(vae, videos: Sequence[np.ndarray], batch_size: int = 16)
     return out
 
 
-def evaluate_adherence(generate: Callable[[str, int], np.ndarray], n: int = 128, split: str = "test", *,
-                       vae=None, progress: bool = True) -> dict:
+def evaluate_adherence(generate: Callable[..., np.ndarray], n: int = 128, split: str = "test", *,
+                       vae=None, progress: bool = True, first_frame: bool = False) -> dict:
     """Generate one video per adherence clip (prompt = its caption, seed = its index) and
     score it. Two ceilings come with it: the real clips (the detector's own accuracy) and,
-    given the `vae`, the clips through the VAE (what latent generation can reach)."""
+    given the `vae`, the clips through the VAE (what latent generation can reach).
+    `first_frame=True` scores image-to-video: `generate(prompt, seed, image)` also gets
+    the clip's first frame, so only the motion is left to the prompt."""
     from tqdm.auto import tqdm
 
     clips = adherence_clips(n, split)
-    videos = [generate(c.caption, i) for i, c in enumerate(tqdm(clips, desc="generate", disable=not progress))]
+    videos = [generate(c.caption, i, c.video[0]) if first_frame else generate(c.caption, i)
+              for i, c in enumerate(tqdm(clips, desc="generate", disable=not progress))]
     result = {"model": prompt_adherence(videos, clips), "real": prompt_adherence([c.video for c in clips], clips)}
     if vae is not None:
         result["vae"] = prompt_adherence(vae_reconstructions(vae, [c.video for c in clips]), clips)
     return {**result, "chance": CHANCE, "n": n, "split": split}
+
+
+# ----------------------------------------------------------------------------------------
+# The world model (chapter 09): counts, sizes, permanence and physics, on every kind of
+# clip the world makes, read back from the video and compared with the prompt's truth.
+#
+# Sora's report names its failures: objects that appear or vanish (the wolf pups whose
+# number changes), left/right confusion, broken physics. Each has a measurement here.
+
+
+def world_clips(n: int, split: str = "test", config: data.ShapesWorldConfig | None = None):
+    """The first `n` clips of a split, of every kind (1-3 objects, falls, bounces, pillars)."""
+    config = data.split_config(config or data.SHAPES_WORLD_PRESETS["tiny"], split)
+    return [data.make_clip(config, data.SPLIT_SEED_OFFSETS[split] + i) for i in range(n)]
+
+
+def object_radius(obj: DetectedObject) -> float:
+    """The world's "radius" of an object, from its median area in the frames it shows."""
+    area = np.median(obj.area[obj.present]) if obj.present.any() else 0.0
+    return math.sqrt(area / UNIT_AREA[obj.shape])
+
+
+def size_of(radius: float, height: int) -> str:
+    """"small" or "large": the nearer of the world's two sizes (geometric midpoint)."""
+    small, large = (data.SIZES[k] * height for k in ("small", "large"))
+    return "small" if radius < math.sqrt(small * large) else "large"
+
+
+def _near_pillar(x: float, radius: float, pillar) -> bool:
+    return pillar is not None and pillar[0] - radius - 1.0 < x < pillar[1] + radius + 1.0
+
+
+def permanence_events(obj: DetectedObject, pillar, radius: float) -> int:
+    """How many times an object appears or vanishes where nothing explains it. Walls keep
+    every object in view, so the only excuse is the pillar: an absence that starts or
+    ends beside it is the object passing behind it."""
+    present = obj.present
+    events = 0
+    t, T = 0, len(present)
+    while t < T:
+        if present[t]:
+            t += 1
+            continue
+        end = t
+        while end < T and not present[end]:
+            end += 1
+        before = obj.position[t - 1, 0] if t > 0 else None
+        after = obj.position[end, 0] if end < T else None
+        excused = any(x is not None and _near_pillar(x, radius, pillar) for x in (before, after))
+        if not excused:
+            events += (before is not None) + (after is not None)  # a vanishing, an appearance
+        t = end
+    return events
+
+
+def one_step_errors(position, motion: str, radius: float, height: int, width: int, pillar=None) -> np.ndarray:
+    """The world's physics predicts each position from the two before it: velocity kept,
+    gravity added for a fall (`data.GRAVITY`), an elastic reflection at the walls. Returns
+    the distances (pixels) between prediction and what the video shows, over the steps
+    where the object is in view three frames running and clear of the pillar.
+
+    The velocity into frame t is `p[t] - p[t-1]`, unless the object bounced on that step:
+    then it is `p[t] - p'[t-1]` with `p'` the previous position mirrored in the wall. Per
+    axis, the prediction takes whichever of the three (no bounce, either wall) fits."""
+    p = np.asarray(position, np.float64)
+    accel = np.array([0.0, data.GRAVITY * height]) if motion == "fall" else np.zeros(2)
+    lo, hi = np.array([radius, radius]), np.array([width - radius, height - radius])
+    errors = []
+    for t in range(1, len(p) - 1):
+        window = p[t - 1:t + 2]
+        if np.isnan(window).any() or any(_near_pillar(x, radius, pillar) for x in window[:, 0]):
+            continue
+        previous = np.stack([p[t - 1], 2 * lo - p[t - 1], 2 * hi - p[t - 1]])  # [3 hypotheses, 2 axes]
+        pred = p[t] + (p[t] - previous) + accel
+        pred = np.where(pred < lo, 2 * lo - pred, np.where(pred > hi, 2 * hi - pred, pred))
+        errors.append(float(np.linalg.norm(np.abs(pred - p[t + 1]).min(axis=0))))
+    return np.asarray(errors, np.float32)
+
+
+def world_model_metrics(videos: Sequence[np.ndarray], clips: Sequence[data.Clip],
+                        config: DetectorConfig = DetectorConfig()) -> dict:
+    """What `detect` reads from `videos[i]` against the truth of `clips[i]` (whose caption
+    was the prompt), for every prompted colour:
+
+    - `color_recall`: the colour shows; `hallucination_rate`: videos showing a colour
+      nobody asked for.
+    - `count_accuracy`: the colour's number of objects (its most common count over the
+      frames) is the prompted number; `count_stability`: share of frames at that count.
+    - `size_accuracy`: a lone object's size (small/large) read from its area.
+    - `permanence`: share of objects that never appear or vanish without the pillar to
+      explain it; `reappearance`: objects that pass behind the pillar are back at the end.
+    - physics: one-step errors of lone moving objects against the world's own dynamics
+      (`physics_error_linear`, `physics_error_fall`: median pixels; `physics_ok`: share
+      of steps within 1 pixel).
+    """
+    if len(videos) != len(clips):
+        raise ValueError(f"need one video per clip, got {len(videos)} videos for {len(clips)} clips")
+    from collections import Counter
+
+    rows = {k: [] for k in ("color_recall", "count_accuracy", "count_stability", "size_accuracy", "permanence",
+                            "reappearance")}
+    errors = {"linear": [], "fall": []}
+    hallucinated = []
+    for video, clip in zip(videos, clips):
+        H, W = video.shape[1:3]
+        found = detect(video, config)
+        counts = Counter(o.color for o in clip.objects)
+        hallucinated.append(any(o.color not in counts for o in found.objects))
+        for color, n in counts.items():
+            obj = found.find(color)
+            rows["color_recall"].append(obj is not None)
+            if obj is None:
+                rows["count_accuracy"].append(False)
+                continue
+            mode = Counter(obj.count.tolist()).most_common(1)[0][0]
+            rows["count_accuracy"].append(mode == n)
+            rows["count_stability"].append(float(np.mean(obj.count == mode)))
+            if n != 1:
+                continue
+            truth = next(o for o in clip.objects if o.color == color)
+            radius = object_radius(obj)
+            rows["size_accuracy"].append(size_of(radius, H) == truth.size)
+            rows["permanence"].append(permanence_events(obj, found.pillar, radius) == 0)
+            if truth.behind_pillar.any() and truth.visible[-1]:
+                rows["reappearance"].append(bool(obj.present[-2:].any()))
+            if truth.motion in errors:
+                errors[truth.motion].append(one_step_errors(obj.position, truth.motion, radius, H, W, found.pillar))
+    result = {k: float(np.mean(v)) if v else float("nan") for k, v in rows.items()}
+    result["hallucination_rate"] = float(np.mean(hallucinated))
+    for motion, errs in errors.items():
+        e = np.concatenate(errs) if errs else np.zeros(0)
+        result[f"physics_error_{motion}"] = float(np.median(e)) if len(e) else float("nan")
+    steps = np.concatenate([np.concatenate(v) for v in errors.values() if v] or [np.zeros(0)])
+    result["physics_ok"] = float(np.mean(steps < 1.0)) if len(steps) else float("nan")
+    result["n"] = len(clips)
+    return result
+
+
+def evaluate_world(generate: Callable[[str, int], np.ndarray], n: int = 128, split: str = "test", *, vae=None,
+                   classifier=None, progress: bool = True) -> dict:
+    """`world_model_metrics` of one generated video per clip of `world_clips(n, split)`
+    (prompt = its caption, seed = its index), with the real clips (the detector's
+    ceiling) and, given the `vae`, their reconstructions. Given a `fvd.VideoClassifier`,
+    also the shapes-world FVD of each set against the real clips, and of the validation
+    split's first `n` clips against them (the floor two real samples of n reach)."""
+    from tqdm.auto import tqdm
+
+    clips = world_clips(n, split)
+    real = [c.video for c in clips]
+    videos = [generate(c.caption, i) for i, c in enumerate(tqdm(clips, desc=f"generate {split}",
+                                                                 disable=not progress))]
+    result = {"model": world_model_metrics(videos, clips), "real": world_model_metrics(real, clips)}
+    recon = vae_reconstructions(vae, real) if vae is not None else None
+    if recon is not None:
+        result["vae"] = world_model_metrics(recon, clips)
+    if classifier is not None:
+        from sora_mini import fvd
+
+        reference = fvd.features(classifier, real)
+        result["model"]["fvd"] = fvd.frechet_distance(fvd.features(classifier, videos), reference)
+        other = [c.video for c in world_clips(n, "validation")]
+        result["real"]["fvd"] = fvd.frechet_distance(fvd.features(classifier, other), reference)
+        if recon is not None:
+            result["vae"]["fvd"] = fvd.frechet_distance(fvd.features(classifier, recon), reference)
+    return {**result, "n": n, "split": split}
