@@ -420,25 +420,28 @@ def evaluate_world(generate: Callable[[str, int], np.ndarray], n: int = 128, spl
     """`world_model_metrics` of one generated video per clip of `world_clips(n, split)`
     (prompt = its caption, seed = its index), with the real clips (the detector's
     ceiling) and, given the `vae`, their reconstructions. Given a `fvd.VideoClassifier`,
-    also the shapes-world FVD of each set against the real clips, and of the validation
-    split's first `n` clips against them (the floor two real samples of n reach)."""
+    also the shapes-world FVD of each set against the real clips. Its ceiling
+    ("real") is a second, independent set of n real clips of the same split (the next n
+    seeds): the distance two real samples of n clips are apart. The VAE's FVD is that
+    second set's reconstructions, so it is measured on the same footing."""
     from tqdm.auto import tqdm
 
-    clips = world_clips(n, split)
+    both = world_clips(2 * n, split)
+    clips, others = both[:n], both[n:]
     real = [c.video for c in clips]
     videos = [generate(c.caption, i) for i, c in enumerate(tqdm(clips, desc=f"generate {split}",
                                                                  disable=not progress))]
     result = {"model": world_model_metrics(videos, clips), "real": world_model_metrics(real, clips)}
-    recon = vae_reconstructions(vae, real) if vae is not None else None
-    if recon is not None:
-        result["vae"] = world_model_metrics(recon, clips)
+    if vae is not None:
+        result["vae"] = world_model_metrics(vae_reconstructions(vae, real), clips)
     if classifier is not None:
         from sora_mini import fvd
 
         reference = fvd.features(classifier, real)
+        other = [c.video for c in others]
         result["model"]["fvd"] = fvd.frechet_distance(fvd.features(classifier, videos), reference)
-        other = [c.video for c in world_clips(n, "validation")]
         result["real"]["fvd"] = fvd.frechet_distance(fvd.features(classifier, other), reference)
-        if recon is not None:
+        if vae is not None:
+            recon = vae_reconstructions(vae, other)
             result["vae"]["fvd"] = fvd.frechet_distance(fvd.features(classifier, recon), reference)
     return {**result, "n": n, "split": split}
