@@ -298,6 +298,10 @@ class TextToVideo:
                              "strength is only for editing")
         if mode in ("extend_backward", "edit") and video is None or mask is not None and video is None:
             raise ValueError(f"mode={mode!r} and mask= need video=")
+        if image is not None and video is not None:
+            raise ValueError("pass the first frame as image= or the start as video=, not both")
+        if mask is not None and (image is not None or end is not None):
+            raise ValueError("mask= picks frames of video= (the whole clip); it does not combine with image= or end=")
         if mode == "extend_backward" and (end is not None or image is not None):
             raise ValueError("mode='extend_backward' ends the clip with video=; for interpolation pass the start as "
                              "image= or video= and the end as end=")
