@@ -365,7 +365,9 @@ def world_model_metrics(videos: Sequence[np.ndarray], clips: Sequence[data.Clip]
       nobody asked for.
     - `count_accuracy`: the colour's number of objects (its most common count over the
       frames) is the prompted number; `count_stability`: share of frames at that count.
-    - `size_accuracy`: a lone object's size (small/large) read from its area.
+    - `shape_accuracy`, `size_accuracy`: a lone object's shape, and its size (small or
+      large, read from its area); `direction_accuracy`, `left_right_accuracy`: a lone
+      straight mover's direction (first half of the clip), and its horizontal part.
     - `permanence`: share of objects that never appear or vanish without the pillar to
       explain it; `reappearance`: objects that pass behind the pillar are back at the end.
     - physics: one-step errors of lone moving objects against the world's own dynamics
@@ -376,8 +378,8 @@ def world_model_metrics(videos: Sequence[np.ndarray], clips: Sequence[data.Clip]
         raise ValueError(f"need one video per clip, got {len(videos)} videos for {len(clips)} clips")
     from collections import Counter
 
-    rows = {k: [] for k in ("color_recall", "count_accuracy", "count_stability", "size_accuracy", "permanence",
-                            "reappearance")}
+    rows = {k: [] for k in ("color_recall", "count_accuracy", "count_stability", "shape_accuracy", "size_accuracy",
+                            "direction_accuracy", "left_right_accuracy", "permanence", "reappearance")}
     errors = {"linear": [], "fall": []}
     hallucinated = []
     for video, clip in zip(videos, clips):
@@ -398,7 +400,13 @@ def world_model_metrics(videos: Sequence[np.ndarray], clips: Sequence[data.Clip]
                 continue
             truth = next(o for o in clip.objects if o.color == color)
             radius = object_radius(obj)
+            rows["shape_accuracy"].append(obj.shape == truth.shape)
             rows["size_accuracy"].append(size_of(radius, H) == truth.size)
+            if truth.motion == "linear":
+                direction = obj.direction(config)
+                rows["direction_accuracy"].append(direction == truth.direction)
+                if _horizontal(truth.direction):
+                    rows["left_right_accuracy"].append(_horizontal(direction) == _horizontal(truth.direction))
             rows["permanence"].append(permanence_events(obj, found.pillar, radius) == 0)
             if truth.behind_pillar.any() and truth.visible[-1]:
                 rows["reappearance"].append(bool(obj.present[-2:].any()))

@@ -25,6 +25,12 @@ def test_real_clips_reach_the_ceilings(clips):
     assert r["count_accuracy"] >= 0.9 and r["count_stability"] >= 0.85
     assert r["size_accuracy"] >= 0.95 and r["permanence"] >= 0.9
     assert r["physics_ok"] >= 0.9 and r["physics_error_linear"] < 0.3 and r["physics_error_fall"] < 0.3
+    assert r["shape_accuracy"] >= 0.95 and r["direction_accuracy"] >= 0.9 and r["left_right_accuracy"] >= 0.9
+
+
+def test_mirrored_clips_get_left_and_right_wrong(clips):
+    r = evaluate.world_model_metrics([c.video[:, :, ::-1].copy() for c in clips], clips)
+    assert r["left_right_accuracy"] <= 0.1 and r["color_recall"] == 1.0
 
 
 def test_shuffled_frames_break_physics_but_not_looks(clips):
