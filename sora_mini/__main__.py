@@ -184,7 +184,8 @@ def cmd_train_dit(args) -> None:
         vae_manifest = json.load(f)
     latent_scale = float(vae_manifest["metrics"]["latent_scale"])
     frame_conditioning = p["frame_conditioning"] if args.frame_conditioning is None else args.frame_conditioning
-    dit_config = dit.DIT_PRESETS[args.preset].replace(frame_conditioning=frame_conditioning)
+    dit_config = dit.DIT_PRESETS[args.preset].replace(frame_conditioning=frame_conditioning,
+                                                      absolute_pos=bool(getattr(args, "absolute_pos", False)))
     diffusion_config = diffusion.DiffusionConfig(time_shift=args.time_shift or p["time_shift"])
     if vae_manifest["config"]["latent_channels"] != dit_config.in_channels:
         raise ValueError(f"the VAE in {args.vae} makes {vae_manifest['config']['latent_channels']} latent channels; "
@@ -460,6 +461,8 @@ def main(argv=None) -> int:
     p.add_argument("--time-shift", type=float, help="SD3 time shift of training and sampling (default: the preset's)")
     p.add_argument("--frame-conditioning", action=argparse.BooleanOptionalAction,
                    help="train the DiT to read known frames (image-to-video, extension; default: the preset's)")
+    p.add_argument("--absolute-pos", action="store_true",
+                   help="add absolute sin-cos positions (zero-initialised projection) to RoPE's relative ones")
     p.add_argument("--init", help="fine-tune from this pretrained text-to-video model (e.g. data/pretrained/tiny)")
     p.add_argument("--export", help="after training, write dit/ (EMA weights, manifest) and a copy of the VAE here")
     p.set_defaults(func=cmd_train_dit)

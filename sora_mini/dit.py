@@ -61,6 +61,10 @@ class DiTConfig:
     pos_embed: str = "rope"  # "rope" (3D rotary, in attention) or "sincos" (fixed, added to the tokens)
     qk_norm: bool = True  # RMS-normalise queries and keys: keeps attention logits tame in bf16
     rope_theta: float = 10_000.0
+    # RoPE is relative: a model with it alone knows where a token is only from the grid's
+    # edges. absolute_pos also adds a learned (zero-initialised) projection of the fixed
+    # sin-cos table to the tokens, as Open-Sora 1.x adds absolute spatial positions.
+    absolute_pos: bool = False
     # Efficiency.
     dtype: str = "float32"  # compute dtype ("bfloat16" on GPUs/TPUs); parameters stay float32
     scan_layers: bool = False  # one compiled block, scanned over depth: compile time independent of depth
@@ -301,6 +305,8 @@ class DiT(nnx.Module):
         patch_dim = int(np.prod(c.patch_size)) * c.input_channels
         # A Linear on flattened patches is the DiT's stride-p convolution, written as a matmul.
         self.patch_embed = _linear(patch_dim, c.hidden_size, dtype, rngs)
+        use_abs = c.absolute_pos and c.pos_embed == "rope"
+        self.abs_pos = _linear(c.hidden_size, c.hidden_size, dtype, rngs, zero=True) if use_abs else None
         self.time_embed = TimestepEmbedder(c.hidden_size, dtype=dtype, rngs=rngs)
         self.text_pool = _linear(c.text_dim, c.hidden_size, dtype, rngs) if c.text_dim is not None else None
         self.label_embed = (nnx.Embed(c.num_classes + 1, c.hidden_size, embedding_init=nnx.initializers.normal(0.02),
@@ -372,6 +378,8 @@ class DiT(nnx.Module):
             tokens = tokens + jnp.asarray(sincos_embedding(coords, c.hidden_size), dtype)
         else:
             rope = rope_angles(coords, c.head_dim, c.rope_theta)
+            if self.abs_pos is not None:
+                tokens = tokens + self.abs_pos(jnp.asarray(sincos_embedding(coords, c.hidden_size), dtype))
         cond = self.condition(time, text, text_mask, text_pooled, labels)
         text = None if text is None else text.astype(dtype)
 
@@ -410,6 +418,7 @@ def gflops(config: DiTConfig, latent_shape, text_length: int = 72) -> float:
     hidden = int(D * c.mlp_ratio)
     keys = {"full": N, "spatial": gh * gw, "temporal": gt}  # tokens each query attends to
     macs = N * P * c.input_channels * D  # patch embedding
+    macs += N * D * D if c.absolute_pos and c.pos_embed == "rope" else 0  # absolute-position projection
     macs += 256 * D + D * D  # timestep MLP
     macs += (c.text_dim or 0) * D  # pooled text projection
     for i in range(c.depth):

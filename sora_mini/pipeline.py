@@ -48,23 +48,27 @@ class TextToVideoModel(nnx.Module):
 def init_from_pretrained(model: TextToVideoModel, path: str) -> dict:
     """Copy the pretrained model in `path` (`dit/`) into `model` (`copy_weights`), to
     fine-tune it. Returns the pretrained model's manifest."""
-    copy_weights(TextToVideo.from_pretrained(path).model, model)
+    copy_weights(TextToVideo.from_pretrained(path).model, model)  # (see copy_weights for what may change)
     with open(os.path.join(path, "dit", "manifest.json")) as f:
         return json.load(f)
 
 
 def copy_weights(source: TextToVideoModel, target: TextToVideoModel) -> None:
     """`target` takes `source`'s weights. The configs must agree except that `target` may
-    add `frame_conditioning`: a text-to-video model grows into a frame-conditioned one by
-    widening the patch embedding with zero rows for the new input channels (known frames,
-    mask), as InstructPix2Pix widens Stable Diffusion, so it starts as exactly the same
-    function and learns to use the frames."""
+    add `frame_conditioning` or `absolute_pos`, and starts as exactly the same function:
+    a text-to-video model grows into a frame-conditioned one by widening the patch
+    embedding with zero rows for the new input channels (known frames, mask), as
+    InstructPix2Pix widens Stable Diffusion; the absolute-position projection is
+    zero-initialised and stays so."""
     old, new = source.dit.config, target.dit.config
-    if source.text.config != target.text.config or old.replace(frame_conditioning=new.frame_conditioning) != new:
-        raise ValueError(f"cannot copy weights between different models (only frame_conditioning may be added): "
-                         f"{source.text.config}, {old} -> {target.text.config}, {new}")
+    grown = old.replace(frame_conditioning=new.frame_conditioning, absolute_pos=new.absolute_pos)
+    if source.text.config != target.text.config or grown != new:
+        raise ValueError(f"cannot copy weights between different models (only frame_conditioning and absolute_pos "
+                         f"may be added): {source.text.config}, {old} -> {target.text.config}, {new}")
     if old.frame_conditioning and not new.frame_conditioning:
         raise ValueError("the source model reads known frames; the target must be frame-conditioned too")
+    if old.absolute_pos and not new.absolute_pos:
+        raise ValueError("the source model has absolute positions; the target must have them too")
     params = nnx.state(source, nnx.Param)
     if old.input_channels != new.input_channels:  # rows are ordered (position in the patch, channel)
         kernel = params["dit"]["patch_embed"]["kernel"][...]  # [P * c_in, D]

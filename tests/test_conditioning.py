@@ -13,6 +13,7 @@ from flax import nnx
 
 from sora_mini import data, diffusion, train
 from sora_mini.dit import DiT, DiTConfig
+from sora_mini.patchify import patchify
 from sora_mini.pipeline import TextToVideo, TextToVideoModel, copy_weights, export_pretrained
 from sora_mini.sampling import sample, time_grid
 from sora_mini.text import TextConfig, Tokenizer
@@ -120,7 +121,8 @@ def test_widening_a_text_to_video_model_keeps_its_function_exactly():
     # Away from the zero init (gates, final layer), so the comparison means something.
     nnx.update(source, jax.tree.map(lambda p: p + 0.03 * jnp.cos(jnp.arange(p.size).reshape(p.shape)),
                                     nnx.state(source, nnx.Param)))
-    target = TextToVideoModel(TEXT, DIT.replace(frame_conditioning=True), rngs=nnx.Rngs(1))
+    # Grown by both things copy_weights may add: known-frame inputs and absolute positions.
+    target = TextToVideoModel(TEXT, DIT.replace(frame_conditioning=True, absolute_pos=True), rngs=nnx.Rngs(1))
     copy_weights(source, target)
     x = jax.random.normal(jax.random.key(0), SHAPE)
     ids, mask = Tokenizer.shapes_world(TEXT.max_length)(["a red circle", "two blue squares fall"])
@@ -130,6 +132,17 @@ def test_widening_a_text_to_video_model_keeps_its_function_exactly():
     np.testing.assert_array_equal(before, target(x, t, ids, mask, known=2 * x, known_mask=jnp.ones((2, 5))))
     with pytest.raises(ValueError, match="frame-conditioned"):
         copy_weights(target, source)
+    # RoPE alone is blind to where a token is: on a latent that is the same everywhere,
+    # every patch gets the same output. With the absolute positions switched on, not.
+    flat = jnp.ones(SHAPE)
+    def spread(out):  # how much the patches' outputs differ from the first patch's
+        tokens = patchify(out, DIT.patch_size)  # [B, N, pt*ph*pw*c]
+        return float(jnp.abs(tokens - tokens[:, :1]).max())
+
+    assert spread(target(flat, t, ids, mask)) < 1e-5
+    kernel = target.dit.abs_pos.kernel
+    kernel[...] = 0.05 * jnp.cos(jnp.arange(kernel.size)).reshape(kernel.shape)
+    assert spread(target(flat, t, ids, mask)) > 1e-3
     with pytest.raises(ValueError, match="only frame_conditioning"):
         copy_weights(source, TextToVideoModel(TEXT, DIT.replace(depth=4), rngs=nnx.Rngs(0)))
 
