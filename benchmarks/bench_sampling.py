@@ -1,8 +1,8 @@
 """Text-to-video generation speed on this machine: compile time and seconds per video
 (17x32x32, 50 Euler steps with classifier-free guidance, VAE decoding included) for the
 tiny preset; then image-to-video (the same compiled program: no new compile) and a
-49-frame long video (three overlapping windows). Uses the shipped model when present, else random weights of the same shapes
-(speed does not depend on the weights).
+49-frame long video (three overlapping windows). Uses the shipped model when present,
+else random weights of the same shapes (speed does not depend on the weights).
 
     python benchmarks/bench_sampling.py [--model data/pretrained/tiny] [--steps 50] [--json out.json]
 """

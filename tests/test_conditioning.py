@@ -107,7 +107,8 @@ def test_dit_reads_known_frames_only_when_built_for_them():
     with pytest.raises(ValueError, match="frame_conditioning=False"):
         plain(x, jnp.ones(2), text=jnp.zeros((2, 3, 16)), text_mask=jnp.ones((2, 3), bool), known=x,
               known_mask=jnp.ones((2, 5)))
-    fc.final.linear.kernel[...] = jax.random.normal(jax.random.key(1), fc.final.linear.kernel.shape)  # unzero the output
+    kernel = fc.final.linear.kernel  # away from zero, so the output shows what the model read
+    kernel[...] = jax.random.normal(jax.random.key(1), kernel.shape)
     t = jnp.full((2,), 0.5)
     none = fc(x, t)
     np.testing.assert_array_equal(none, fc(x, t, known=x, known_mask=jnp.zeros((2, 5))))  # mask 0 = no frame given

@@ -76,7 +76,8 @@ def test_passing_behind_the_pillar_is_not_a_vanishing():
     truth = clip.objects[0]
     assert truth.behind_pillar.any()
     found = evaluate.detect(clip.video)
-    assert found.pillar is not None and found.pillar[0] <= clip.occluder[0] + 1 and found.pillar[1] >= clip.occluder[2] - 1
+    assert found.pillar is not None
+    assert found.pillar[0] <= clip.occluder[0] + 1 and found.pillar[1] >= clip.occluder[2] - 1
     obj = found.find(truth.color)
     assert evaluate.permanence_events(obj, found.pillar, evaluate.object_radius(obj)) == 0
     # Without the pillar to explain it, the same track is two events.
