@@ -368,6 +368,7 @@ def cmd_evaluate(args) -> None:
         animate = lambda prompt, seed, image: model(prompt, seed=seed, image=image, **sampling)
         result["image_to_video"] = evaluate.evaluate_adherence(animate, args.n, "test", progress=not quiet,
                                                                first_frame=True)
+        result["direction_control"] = evaluate.direction_control(animate, min(args.n, 48), progress=not quiet)
     for split in args.splits:
         result[f"world_{split}"] = evaluate.evaluate_world(generate, args.n, split, vae=model.vae,
                                                            classifier=classifier, progress=not quiet)
@@ -384,6 +385,9 @@ def cmd_evaluate(args) -> None:
     if "image_to_video" in result:
         print("image to video (first frame given), model:")
         print("".join(f"{k:>24}{v:8.3f}\n" for k, v in result["image_to_video"]["model"].items() if k != "n"), end="")
+        control = result["direction_control"]
+        print(f"left/right swapped in the prompt ({control['n']} clips): follows the prompt "
+              f"{control['follows_prompt']:.3f}, follows the first frame {control['follows_layout']:.3f}")
     for split in args.splits:
         r = result[f"world_{split}"]
         print(f"world model on {args.n} {split} clips:")

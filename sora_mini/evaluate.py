@@ -244,6 +244,37 @@ def prompt_adherence(videos: Sequence[np.ndarray], clips: Sequence[data.Clip],
     return result
 
 
+_MIRROR_WORDS = {"left": "right", "right": "left"}
+
+
+def swap_left_right(caption: str) -> str:
+    """The caption with every "left" and "right" exchanged."""
+    import re
+
+    return re.sub(r"\b(left|right)\b", lambda m: _MIRROR_WORDS[m.group(1)], caption)
+
+
+def direction_control(generate: Callable[[str, int, np.ndarray], np.ndarray], n: int = 48, split: str = "test",
+                      config: DetectorConfig = DetectorConfig(), progress: bool = True) -> dict:
+    """Does the prompt's direction word steer the motion, or the picture? Every mover in
+    this world starts on the side it moves away from, so a real first frame already
+    implies the direction. Image to video from the first frame of a left- or right-moving
+    clip, but prompted with left and right swapped: `follows_prompt` is the share of
+    videos that go where the words say, `follows_layout` the share that go where the
+    frame implies. A model that listens scores 1 and 0."""
+    from tqdm.auto import tqdm
+
+    clips = [c for c in adherence_clips(4 * n, split) if _horizontal(c.objects[0].direction)][:n]
+    prompt, layout = [], []
+    for i, clip in enumerate(tqdm(clips, desc="direction control", disable=not progress)):
+        truth = _horizontal(clip.objects[0].direction)
+        obj = detect(generate(swap_left_right(clip.caption), i, clip.video[0]), config).find(clip.objects[0].color)
+        went = _horizontal(obj.direction(config)) if obj is not None else ""
+        prompt.append(went == _MIRROR_WORDS[truth])
+        layout.append(went == truth)
+    return {"follows_prompt": float(np.mean(prompt)), "follows_layout": float(np.mean(layout)), "n": len(clips)}
+
+
 CHANCE = {"color_accuracy": 1 / len(data.COLORS), "shape_accuracy": 1 / len(data.SHAPES),
           "direction_accuracy": 1 / len(data.DIRECTIONS), "left_right_accuracy": 1 / 2}
 

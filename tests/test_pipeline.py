@@ -164,6 +164,7 @@ def test_evaluate_command_prints_json(tmp_path):
     assert set(adherence) >= {"model", "vae", "real", "chance"} and adherence["n"] == 4
     assert adherence["real"]["color_accuracy"] == 1.0 and adherence["vae"]["color_accuracy"] == 1.0
     assert "image_to_video" in result  # the shipped model reads frames
+    assert set(result["direction_control"]) == {"follows_prompt", "follows_layout", "n"}
     assert world["real"]["color_recall"] == 1.0 and world["model"]["fvd"] > 0 and world["n"] == 4
     missing = _cli("evaluate", "--checkpoint", str(tmp_path / "none"))
     assert missing.returncode == 2 and "no pretrained text-to-video model" in missing.stderr

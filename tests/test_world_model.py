@@ -98,6 +98,16 @@ def test_counts_and_sizes_are_read_against_the_prompt(clips):
     assert evaluate.world_model_metrics(videos, twice)["count_accuracy"] == 0.0
 
 
+def test_direction_control_tells_words_from_layout():
+    assert evaluate.swap_left_right("a red circle moves left, then right") == "a red circle moves right, then left"
+    clips = {c.video[0].tobytes(): c for c in evaluate.adherence_clips(60)}
+    real = lambda prompt, seed, image: clips[image.tobytes()].video  # goes where the frame implies
+    mirrored = lambda prompt, seed, image: clips[image.tobytes()].video[:, :, ::-1].copy()  # where the words say
+    layout = evaluate.direction_control(real, n=12, progress=False)
+    assert layout == {"follows_prompt": 0.0, "follows_layout": 1.0, "n": 12}
+    assert evaluate.direction_control(mirrored, n=12, progress=False)["follows_prompt"] == 1.0
+
+
 def test_bad_input_to_world_metrics():
     clip = evaluate.world_clips(1)[0]
     with pytest.raises(ValueError, match="one video per clip"):
