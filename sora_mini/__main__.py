@@ -185,7 +185,7 @@ def cmd_train_dit(args) -> None:
     latent_scale = float(vae_manifest["metrics"]["latent_scale"])
     frame_conditioning = p["frame_conditioning"] if args.frame_conditioning is None else args.frame_conditioning
     dit_config = dit.DIT_PRESETS[args.preset].replace(frame_conditioning=frame_conditioning,
-                                                      absolute_pos=bool(getattr(args, "absolute_pos", False)))
+                                                      absolute_pos=args.absolute_pos)
     diffusion_config = diffusion.DiffusionConfig(time_shift=args.time_shift or p["time_shift"])
     if vae_manifest["config"]["latent_channels"] != dit_config.in_channels:
         raise ValueError(f"the VAE in {args.vae} makes {vae_manifest['config']['latent_channels']} latent channels; "
@@ -296,7 +296,8 @@ def cmd_train_all(args) -> None:
     if not _exported(os.path.join(export, "dit"), dit_steps):
         cmd_train_dit(argparse.Namespace(preset=args.preset, vae=vae_dir, latents=latents, steps=dit_steps,
                                          out=os.path.join(args.out, "dit"), batch_size=None, lr=None, export=export,
-                                         time_shift=None, frame_conditioning=None, init=None))
+                                         time_shift=None, frame_conditioning=None, absolute_pos=False,
+                                         init=None))
     print(f"done: python -m sora_mini generate \"a red circle moves to the right\" --model {export}")
 
 

@@ -38,6 +38,7 @@ import scipy.linalg
 from flax import nnx
 
 from sora_mini import data
+from sora_mini.video import to_float
 
 # What the classifier learns to read, with its classes.
 MOTION_CLASSES = (*data.DIRECTIONS, "fall", "still")
@@ -108,7 +109,7 @@ def _train_step(model, optimizer, video, labels):
 
 def labelled_batch(world: data.ShapesWorldConfig, seeds) -> tuple[np.ndarray, dict]:
     clips = [data.make_clip(world, int(s)) for s in seeds]
-    video = np.stack([c.video for c in clips]).astype(np.float32) / 127.5 - 1.0
+    video = to_float(np.stack([c.video for c in clips]))
     labels = {k: np.asarray([clip_labels(c)[k] for c in clips]) for k in HEADS}
     return video, labels
 
@@ -159,7 +160,7 @@ def features(model: VideoClassifier, videos, batch_size: int = 64) -> np.ndarray
     videos = np.asarray(videos)
     if videos.ndim != 5 or videos.dtype != np.uint8:
         raise ValueError(f"expected uint8 videos [N, T, H, W, 3], got {videos.dtype} {videos.shape}")
-    out = [np.asarray(_features(model, jnp.asarray(videos[i:i + batch_size], jnp.float32) / 127.5 - 1.0))
+    out = [np.asarray(_features(model, jnp.asarray(to_float(videos[i:i + batch_size]))))
            for i in range(0, len(videos), batch_size)]
     return np.concatenate(out).astype(np.float64)
 

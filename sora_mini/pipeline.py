@@ -27,7 +27,7 @@ from sora_mini.patchify import patch_grid
 from sora_mini.sampling import SAMPLERS, sample
 from sora_mini.text import PAD_ID, TextConfig, TextEncoder, Tokenizer
 from sora_mini.vae import PRETRAINED_DTYPE, VideoVAE, check_video_shape
-from sora_mini.video import _check_video, to_float
+from sora_mini.video import _check_video, to_float, to_uint8
 
 
 class TextToVideoModel(nnx.Module):
@@ -221,14 +221,14 @@ class TextToVideo:
 
     def decode(self, latent) -> np.ndarray:
         """The DiT's latent `[t, h, w, c]` -> `uint8 [1 + (t - 1) f_t, H, W, 3]`."""
-        return np.asarray(jax.device_get(_vae_decode(self.vae, jnp.asarray(latent)[None] / self.latent_scale))[0])
+        return to_uint8(jax.device_get(_vae_decode(self.vae, jnp.asarray(latent)[None] / self.latent_scale))[0])
 
     def _end_latents(self, clip) -> jax.Array:
         # Latent frame j >= 1 of a causal VAE encodes pixel frames f_t (j - 1) + 1 .. f_t j:
         # the last k latent frames of a clip hold its last k * f_t frames. Encoding the end clip
         # from its own start and dropping that start's single-frame latent gives exactly such
         # latents. A single image is held for 1 + f_t frames first.
-        clip = _check_video(clip if np.ndim(clip) == 4 else np.asarray(clip)[None])
+        clip = _as_clip(clip)
         if len(clip) == 1:
             clip = np.repeat(clip, 1 + self.vae.config.temporal_down, axis=0)
         return self.encode(clip)[1:]
@@ -244,7 +244,7 @@ class TextToVideo:
         known_mask = np.zeros(t, np.float32)
         begin = None
         if image is not None:
-            begin = _check_video(np.asarray(image)[None])
+            begin = _as_clip(image)
         if video is not None and mode in (None, "extend"):
             begin = video
         if mode == "extend_backward":
@@ -319,11 +319,9 @@ class TextToVideo:
         check_video_shape(self.vae.config, num_frames, height, width)
         latent = self.vae.config.latent_shape(num_frames, height, width)
         patch_grid(latent, self.model.dit.config.patch_size)
-        for name, frames in (("image", None if image is None else np.asarray(image)[None]), ("video", video),
-                             ("end", None if end is None else np.asarray(end) if np.ndim(end) == 4
-                              else np.asarray(end)[None])):
-            if frames is not None and np.shape(frames)[1:3] != (height, width):
-                raise ValueError(f"{name} is {np.shape(frames)[1]}x{np.shape(frames)[2]}, the video {height}x{width}")
+        for name, frames in (("image", image), ("video", video), ("end", end)):
+            if frames is not None and np.ndim(frames) >= 3 and np.shape(frames)[-3:-1] != (height, width):
+                raise ValueError(f"{name} is {np.shape(frames)[-3]}x{np.shape(frames)[-2]}, the video {height}x{width}")
         if mode == "edit":
             strength = float(strength)
             if not 0.0 <= strength <= 1.0:
@@ -380,6 +378,11 @@ class TextToVideo:
 MODES = (None, "extend", "extend_backward", "edit")
 
 
+def _as_clip(frames) -> np.ndarray:
+    """An image `[H, W, 3]` or a clip `[T, H, W, 3]` (uint8) as a clip."""
+    return _check_video(frames if np.ndim(frames) == 4 else np.asarray(frames)[None])
+
+
 @nnx.jit
 def _vae_encode(vae, video):
     return vae.encode(video)
@@ -387,5 +390,4 @@ def _vae_encode(vae, video):
 
 @nnx.jit
 def _vae_decode(vae, z):
-    video = vae.decode(z)
-    return jnp.clip(jnp.round((video + 1.0) * 127.5), 0, 255).astype(jnp.uint8)
+    return vae.decode(z)

@@ -35,7 +35,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from sora_mini.diffusion import DiffusionConfig, predict_x0_eps, shift_time, signal_noise, unshift_time
+from sora_mini.diffusion import DiffusionConfig, add_noise, predict_x0_eps, shift_time, signal_noise, unshift_time
 
 SAMPLERS = ("euler", "heun", "ddim", "ddpm")
 RECTIFIED_FLOW = DiffusionConfig()  # the default process: rectified flow, velocity prediction
@@ -108,7 +108,7 @@ def sample(model_fn, noise, *, config: DiffusionConfig = RECTIFIED_FLOW, sampler
     if start is None:
         x_init = noise
     else:  # SDEdit: the clean latent noised to the first time of the grid
-        x_init = known_frames_at(grid[0], noise, start, jnp.ones(noise.shape[:2]), noise, config)
+        x_init = add_noise(start, noise, jnp.full((noise.shape[0],), grid[0]), config)
 
     def pin(x, t):  # the known frames, on their own path
         return x if known is None else known_frames_at(t, x, known, known_mask, noise, config)

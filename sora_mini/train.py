@@ -337,15 +337,14 @@ def make_dit_train_step(diffusion_config, tc: DiTTrainConfig):
         drop = jax.random.bernoulli(k_drop, tc.caption_dropout, (ids.shape[0],))[:, None]
         ids = jnp.where(drop, empty_ids[None], ids)
         mask = jnp.where(drop, empty_ids[None] != PAD_ID, mask)
+        frames, weight = {}, None
         if model.dit.config.frame_conditioning:
             known = random_frame_masks(k_frames, z.shape[0], z.shape[1], tc.frame_condition_rate)  # [B, t]
-            model_fn = lambda m, x, t: m(x, t, ids, mask, known=z, known_mask=known)
-            weight = 1.0 - known  # the loss is on the frames to generate
-        else:
-            model_fn, weight = (lambda m, x, t: m(x, t, ids, mask)), None
+            frames, weight = dict(known=z, known_mask=known), 1.0 - known  # the loss: frames to generate
 
         def loss_fn(model):
-            return diffusion.diffusion_loss(lambda x, t: model_fn(model, x, t), z, k_loss, diffusion_config, weight)
+            return diffusion.diffusion_loss(lambda x, t: model(x, t, ids, mask, **frames), z, k_loss,
+                                            diffusion_config, weight)
 
         (loss, _), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
         optimizer.update(model, grads)
