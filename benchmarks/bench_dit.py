@@ -20,6 +20,7 @@ from flax import nnx
 
 from _report import report
 from sora_mini import dit
+from sora_mini.train import matmul_gflops
 from sora_mini.patchify import patch_grid
 
 # (batch, latent (t, h, w, c), text tokens) per preset: the tiny VAE's 17x32x32 clips and
@@ -36,13 +37,6 @@ def timed(fn, repeats: int):
         out = fn()
     jax.block_until_ready(out)
     return first, (time.perf_counter() - t0) / repeats
-
-
-def matmul_peak(n: int = 2048) -> float:
-    a = jax.random.normal(jax.random.key(0), (n, n))
-    f = jax.jit(lambda a: a @ a)
-    _, s = timed(lambda: f(a), 10)
-    return 2 * n ** 3 / s
 
 
 def bench(name: str, repeats: int, dtype: str | None) -> dict:
@@ -118,7 +112,7 @@ def main() -> None:
     parser.add_argument("--json")
     args = parser.parse_args()
     dtype = args.dtype or ("float32" if jax.default_backend() == "cpu" else None)
-    peak = matmul_peak()
+    peak = matmul_gflops()
     results = {"backend": jax.default_backend(), "devices": jax.device_count(),
                "matmul_peak_gflop_per_s": round(peak / 1e9, 1)}
     for name in args.presets:

@@ -19,7 +19,6 @@ import numpy as np
 from flax import nnx
 
 from _report import report
-from bench_dit import matmul_peak
 from sora_mini import dit, pipeline, text, train
 from sora_mini.__main__ import DIT_TRAIN_PRESETS
 from sora_mini.diffusion import DiffusionConfig
@@ -74,7 +73,7 @@ def main() -> None:
         ema, metrics = step(model, optimizer, ema, *batch, empty, jax.random.key(i + 1))
     jax.block_until_ready((ema, metrics))
     step_s = (time.perf_counter() - t0) / args.repeats
-    peak = matmul_peak()
+    peak = train.matmul_gflops()
     report({"backend": jax.default_backend(), "devices": mesh.size, "preset": args.preset,
             "params": sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param))),
             "batch": [B, *LATENTS[args.preset]], "train_step_compile_s": round(compile_s, 2),

@@ -5,6 +5,7 @@ Subcommands grow with the course; each one is a thin wrapper over the package's 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import time
@@ -41,6 +42,15 @@ def cmd_build_data(args) -> None:
           f"-> {args.out}")
 
 
+def _check_saved_world(path: str, world) -> None:
+    """Raise if the dataset at `path` was built from another world than `world`."""
+    saved = dataclasses.asdict(data_lib.load_config(path))
+    differ = sorted(k for k, v in dataclasses.asdict(world).items() if saved[k] != v)
+    if differ:
+        raise ValueError(f"{path} holds a shapes world other than the one asked for (it differs in "
+                         f"{', '.join(differ)}); pass another --data, or delete it to rebuild")
+
+
 def cmd_world_grid(args) -> None:
     from sora_mini import video as video_lib
 
@@ -48,10 +58,8 @@ def cmd_world_grid(args) -> None:
     if not os.path.exists(os.path.join(args.data, "shapes_world_config.json")):
         print(f"building the shapes world into {args.data} ...")
         cmd_build_data(argparse.Namespace(**{**vars(args), "out": args.data}))
-    elif data_lib.load_config(args.data) != config:
-        saved = data_lib.load_config(args.data)
-        raise ValueError(f"{args.data} holds a {saved.num_frames}x{saved.height}x{saved.width} shapes world, not the "
-                         f"requested {config.num_frames}x{config.height}x{config.width}; pass another --data")
+    else:
+        _check_saved_world(args.data, config)
     ds = data_lib.load_shapes_world(args.data, "train")
     n = args.rows * args.cols
     rows = ds[:n]
@@ -117,7 +125,6 @@ VAE_TRAIN_PRESETS = {
 
 
 def cmd_train_vae(args) -> None:
-    import dataclasses
 
     from sora_mini import train, vae
 
@@ -165,7 +172,6 @@ DIT_TRAIN_PRESETS = {
 
 
 def cmd_train_dit(args) -> None:
-    import dataclasses
     import json
 
     import numpy as np
@@ -229,42 +235,33 @@ REFERENCE_GFLOPS = 470.0
 TRAIN_ALL_COSTS = {"tiny": {"build_data_s": 40.0, "vae_step_s": 0.10, "encode_clip_s": 1 / 126, "dit_step_s": 0.36}}
 
 
-def _matmul_gflops(n: int = 1024, repeats: int = 5) -> float:
-    import jax
-    import jax.numpy as jnp
-
-    a = jnp.ones((n, n), jnp.float32)
-    f = jax.jit(lambda x: x @ x)
-    f(a).block_until_ready()
-    t0 = time.perf_counter()
-    for _ in range(repeats):
-        f(a).block_until_ready()
-    return 2 * n ** 3 * repeats / (time.perf_counter() - t0) / 1e9
-
-
 def _exported(path: str, steps: int) -> bool:
     """Whether `path` holds an export (VAE or DiT) whose training reached `steps`."""
     import json
 
     manifest = os.path.join(path, "manifest.json")
-    return os.path.exists(manifest) and json.load(open(manifest)).get("steps") == steps
+    if not os.path.exists(manifest):
+        return False
+    with open(manifest) as f:
+        return json.load(f).get("steps") == steps
 
 
 def cmd_train_all(args) -> None:
     """Shapes world -> VAE -> latent cache -> DiT -> a model `generate` and `demo` can use.
     Every stage resumes or is skipped when its output exists, so rerunning continues."""
+    from sora_mini import train
+
     vae_steps = args.vae_steps or VAE_TRAIN_PRESETS[args.preset]["steps"]
     dit_steps = args.dit_steps or DIT_TRAIN_PRESETS[args.preset]["steps"]
     export = args.export or os.path.join(args.out, "pretrained")
     world = data_lib.SHAPES_WORLD_PRESETS[VAE_TRAIN_PRESETS[args.preset]["world"]]
     has_data = os.path.exists(os.path.join(args.data, "shapes_world_config.json"))
-    if has_data and data_lib.load_config(args.data) != world:
-        raise ValueError(f"{args.data} holds a shapes world other than the {args.preset} preset's "
-                         f"({world.num_frames}x{world.height}x{world.width}); pass another --data")
+    if has_data:
+        _check_saved_world(args.data, world)
     splits = {k: min(v, args.train_clips) for k, v in data_lib.DEFAULT_SPLIT_SIZES.items()}
     clips = len(data_lib.load_shapes_world(args.data, "train")) if has_data else splits["train"]
     if args.preset in TRAIN_ALL_COSTS:
-        gflops = _matmul_gflops()
+        gflops = train.matmul_gflops(1024, repeats=5) / 1e9
         scale = REFERENCE_GFLOPS / gflops
         c = TRAIN_ALL_COSTS[args.preset]
         stages = [("build the shapes world", 0.0 if has_data else c["build_data_s"] * clips / 10_000),

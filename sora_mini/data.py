@@ -98,6 +98,12 @@ class ShapesWorldConfig:
     # "exclude": no held-out pair appears (train/validation/test); "only": the first
     # object is a held-out pair (compositional split); "ignore": anything goes.
     holdout: Literal["exclude", "only", "ignore"] = "exclude"
+    # Where a straight mover starts along its direction. "clear": anywhere it has room to
+    # move the captioned way for the first half of the clip, so the first frame says little
+    # about the direction and only the caption can (a slow mover may start on either side).
+    # "behind": on the side it moves away from, so the layout alone implies the direction,
+    # a shortcut a model learns instead of the words (chapter 09's direction control).
+    mover_start: Literal["clear", "behind"] = "clear"
 
     def __post_init__(self):
         for name in ("height", "width", "num_frames", "temporal_factor", "fps"):
@@ -127,6 +133,8 @@ class ShapesWorldConfig:
                 raise ValueError(f"holdout pair {(color, shape)} names an unknown colour or shape")
         if self.holdout not in ("exclude", "only", "ignore"):
             raise ValueError(f"holdout must be 'exclude', 'only' or 'ignore', got {self.holdout!r}")
+        if self.mover_start not in ("clear", "behind"):
+            raise ValueError(f"mover_start must be 'clear' or 'behind', got {self.mover_start!r}")
         for name in ("p_fall", "p_still", "p_same", "p_occluder"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
@@ -468,12 +476,17 @@ def make_clip(config: ShapesWorldConfig, seed: int) -> Clip:
             if motion == "fall":
                 start[1] = rng.uniform(radius, 0.4 * H)
             elif motion == "linear" and attempt < 40:
-                # Start on the side it moves away from: the captioned direction is then what
-                # the clip shows for most of its length (fast movers still bounce).
+                # Leave room to move the captioned way: the caption is then what the clip
+                # shows for at least its first half (fast movers still bounce later).
+                room = SPEEDS[speed] * scale * (T - 1) / 2  # px covered in the first half
                 for axis, extent in ((0, W), (1, H)):
                     d = DIRECTIONS[direction][axis]
-                    if d:
+                    if d and config.mover_start == "behind":
                         back = (radius, 0.45 * extent) if d > 0 else (0.55 * extent, extent - radius)
+                        start[axis] = rng.uniform(*back)
+                    elif d:
+                        far = min(extent - radius, radius + abs(d) * room)  # nearest start from the far wall
+                        back = (radius, extent - far) if d > 0 else (far, extent - radius)
                         start[axis] = rng.uniform(*back)
             if pillar is not None and motion == "linear" and not placed:
                 # Start on the far side of the pillar from where it is heading.
@@ -656,6 +669,7 @@ def load_config(path: str | os.PathLike) -> ShapesWorldConfig:
     for key in ("shapes", "colors", "backgrounds"):
         raw[key] = tuple(raw[key])
     raw["holdout_pairs"] = tuple(tuple(p) for p in raw["holdout_pairs"])
+    raw.setdefault("mover_start", "behind")  # the only rule before the field existed
     return ShapesWorldConfig(**raw)
 
 

@@ -130,7 +130,7 @@ def soft_iou(a, b) -> float:
 def motion_direction(position, config: DetectorConfig = DetectorConfig()) -> str:
     """One of the eight `data.DIRECTIONS`, or "still", from a centroid track [T, 2]: the
     least-squares velocity over the first half of the clip (a fast mover may bounce off a
-    wall later; the world starts every mover on the side it moves away from)."""
+    wall later; the world leaves every mover room to go its way for that long)."""
     position = np.asarray(position, np.float32)
     t = np.arange(len(position))[: len(position) // 2 + 1]
     xy = position[: len(t)]
@@ -256,15 +256,17 @@ def swap_left_right(caption: str) -> str:
 
 def direction_control(generate: Callable[[str, int, np.ndarray], np.ndarray], n: int = 48, split: str = "test",
                       config: DetectorConfig = DetectorConfig(), progress: bool = True) -> dict:
-    """Does the prompt's direction word steer the motion, or the picture? Every mover in
-    this world starts on the side it moves away from, so a real first frame already
-    implies the direction. Image to video from the first frame of a left- or right-moving
-    clip, but prompted with left and right swapped: `follows_prompt` is the share of
-    videos that go where the words say, `follows_layout` the share that go where the
-    frame implies. A model that listens scores 1 and 0."""
+    """Does the prompt's direction word steer the motion, or the picture? The clips come
+    from the world with `mover_start="behind"`: every mover starts on the side it moves
+    away from, so the first frame implies the direction. Image to video from the first
+    frame of a left- or right-moving clip, but prompted with left and right swapped:
+    `follows_prompt` is the share of videos that go where the words say, `follows_layout`
+    the share that go where the frame implies. A model that listens scores 1 and 0 (as
+    far as the wall it starts beside lets it: fast movers bounce back sooner)."""
     from tqdm.auto import tqdm
 
-    clips = [c for c in adherence_clips(4 * n, split) if _horizontal(c.objects[0].direction)][:n]
+    behind = data.SHAPES_WORLD_PRESETS["tiny"].replace(mover_start="behind")
+    clips = [c for c in adherence_clips(4 * n, split, behind) if _horizontal(c.objects[0].direction)][:n]
     prompt, layout = [], []
     for i, clip in enumerate(tqdm(clips, desc="direction control", disable=not progress)):
         truth = _horizontal(clip.objects[0].direction)

@@ -45,6 +45,21 @@ class TrainConfig:
     seed: int = 0
 
 
+def matmul_gflops(n: int = 2048, repeats: int = 10) -> float:
+    """This machine's float32 matmul throughput in FLOP/s (an `n x n` product, compiled,
+    best of `repeats`): the yardstick for a training step's achieved FLOP/s and for
+    scaling `train-all`'s time estimate to a faster or slower machine."""
+    a = jax.random.normal(jax.random.key(0), (n, n))
+    f = jax.jit(lambda a: a @ a)
+    f(a).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        f(a).block_until_ready()
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n ** 3 / best
+
+
 def make_optimizer(tc: TrainConfig) -> optax.GradientTransformation:
     schedule = optax.warmup_cosine_decay_schedule(
         0.0, tc.learning_rate, warmup_steps=tc.warmup_steps, decay_steps=max(tc.steps, tc.warmup_steps + 1),
@@ -308,14 +323,16 @@ def random_frame_masks(key, batch: int, frames: int, rate: float):
     """`float32 [B, frames]`, 1 where a latent frame is given to the model. With
     probability `rate` an example gets one of the chapter 08 tasks, uniformly: "image"
     (frame 0: image-to-video), "first" k (extend forward), "last" k (extend backward),
-    "ends" (k at each end: interpolation), "random" frames; k is uniform in 1..frames/2.
-    Otherwise no frame is given (text-to-video)."""
+    with k uniform in 1..frames-1 (a clip of any length can be extended); "ends" (k at
+    each end, k <= frames/2: interpolation), "random" frames. Otherwise no frame is given
+    (text-to-video)."""
     k_use, k_task, k_first, k_last, k_rand = jax.random.split(key, 5)
     f = jnp.arange(frames)[None]  # [1, F]
-    n_first = jax.random.randint(k_first, (batch, 1), 1, frames // 2 + 1)
-    n_last = jax.random.randint(k_last, (batch, 1), 1, frames // 2 + 1)
+    n_first = jax.random.randint(k_first, (batch, 1), 1, frames)
+    n_last = jax.random.randint(k_last, (batch, 1), 1, frames)
     first, last = f < n_first, f >= frames - n_last
-    masks = jnp.stack([jnp.broadcast_to(f < 1, (batch, frames)), first, last, first | last,
+    ends = (f < (n_first + 1) // 2) | (f >= frames - (n_last + 1) // 2)  # leaves at least one frame to make
+    masks = jnp.stack([jnp.broadcast_to(f < 1, (batch, frames)), first, last, ends,
                        jax.random.bernoulli(k_rand, 0.5, (batch, frames))])  # [tasks, B, F]
     task = jax.random.randint(k_task, (batch,), 0, len(FRAME_TASKS))
     chosen = jnp.take_along_axis(masks, task[None, :, None], axis=0)[0]

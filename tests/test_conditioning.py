@@ -81,6 +81,11 @@ def test_random_frame_masks_cover_every_task_at_the_rate_asked():
     assert (1, 0, 0, 0, 0, 0, 0, 0, 0) in rows  # image to video
     assert (1, 1, 1, 0, 0, 0, 0, 0, 0) in rows and (0, 0, 0, 0, 0, 0, 1, 1, 1) in rows  # extend, both ways
     assert (1, 0, 0, 0, 0, 0, 0, 0, 1) in rows  # interpolation
+    assert (1, 1, 1, 1, 1, 1, 1, 1, 0) in rows  # a clip of all but one latent frame, extended
+    assert (0, 1, 1, 1, 1, 1, 1, 1, 1) in rows
+    # No task but "random" ever leaves nothing to generate.
+    structured = masks[masks.sum(1) > 0]
+    assert (structured.sum(1) < 9).mean() > 0.97
     assert not np.asarray(train.random_frame_masks(jax.random.key(1), 64, 9, 0.0)).any()
 
 

@@ -108,6 +108,40 @@ def test_direction_matches_velocity(clips):
             np.testing.assert_allclose(step[free], o.velocity[1:][free], atol=1e-4)
 
 
+def _lone_horizontal_starts(config, seeds):
+    """(moves right?, start x, bounced in the first half?) of every clip's first straight
+    horizontal mover, where nothing else constrains where it starts (no pillar)."""
+    rows = []
+    for seed in seeds:
+        clip = make_clip(config, seed)
+        o = clip.objects[0]
+        if clip.occluder is None and o.motion == "linear" and o.direction in ("left", "right"):
+            rows.append((o.direction == "right", o.position[0, 0], o.bounced[: len(o.bounced) // 2 + 1].any()))
+    return np.array(rows)
+
+
+def test_mover_start_decides_how_much_the_first_frame_gives_away():
+    # The best threshold on the start x, as a classifier of right against left.
+    def layout_accuracy(rows):
+        right, x = rows[:, 0].astype(bool), rows[:, 1]
+        return max(np.mean((x < th) == right) for th in np.linspace(0, 32, 129))
+
+    clear = _lone_horizontal_starts(CONFIG, range(1500))
+    behind = _lone_horizontal_starts(CONFIG.replace(mover_start="behind"), range(1500))
+    assert len(clear) > 100 and len(behind) > 100
+    assert layout_accuracy(behind) > 0.95  # the layout alone says which way it will go
+    assert layout_accuracy(clear) < 0.85  # the caption has to
+    # "clear" leaves room: the captioned direction is what the whole first half shows
+    # (the detector reads it there). Behind the half line a fast mover can hit the wall.
+    assert not clear[:, 2].any() and behind[:, 2].any()
+    # Looks and motion are drawn the same way under both rules: only the start differs
+    # (so later objects may find room under one rule and not the other).
+    for seed in range(40):
+        a, b = make_clip(CONFIG, seed).objects[0], make_clip(CONFIG.replace(mover_start="behind"), seed).objects[0]
+        assert (a.color, a.shape, a.size, a.motion, a.direction, a.speed) == \
+               (b.color, b.shape, b.size, b.motion, b.direction, b.speed)
+
+
 def test_elastic_bounces_and_gravity(clips):
     n_bounce = n_fall = 0
     for clip in clips:
@@ -189,6 +223,7 @@ def test_compositional_holdout():
     (dict(max_objects=4), "max_objects <= 3"),
     (dict(p_occluder=1.5), "p_occluder must lie in"),
     (dict(holdout="sometimes"), "holdout must be"),
+    (dict(mover_start="left"), "mover_start must be"),
     (dict(colors=("red",), shapes=("triangle",)), "leaves no colour-shape pair"),
 ])
 def test_bad_config_raises_clear_errors(changes, match):
