@@ -355,24 +355,30 @@ class TextToVideo:
                    steps: int = 50, guidance: float | None = 4.0, sampler: str = "euler", height: int = 32,
                    width: int = 32):
         """A video longer than the model was trained on: the first window from the prompt,
-        then windows that each take the last `overlap` latent frames as their known start
-        and generate the rest (extension in overlapping windows). The whole latent is
-        decoded at once (the causal VAE decodes any length)."""
+        then windows that each start from the last frames made so far (extension in
+        overlapping windows of `window_frames`, `overlap` of whose latent frames are known).
+
+        Each window is a clip the DiT could have been trained on: its known start is those
+        last `1 + f_t (overlap - 1)` pixel frames encoded afresh, so latent frame 0 is the
+        causal VAE's single-frame latent, as in training, and not a mid-clip latent that
+        holds `f_t` frames. Each window is decoded on its own and the windows are joined
+        where the next one's new frames begin."""
         check_video_shape(self.vae.config, num_frames, height, width)
         window = self.vae.config.latent_shape(window_frames, height, width)
-        total = self.vae.config.latent_shape(num_frames, height, width)[0]
         if not 1 <= overlap < window[0]:
             raise ValueError(f"overlap must lie in 1..{window[0] - 1} latent frames, got {overlap}")
-        z = self._sample_latent(prompt, window, seed, steps, guidance, sampler, jnp.zeros(window),
-                                np.zeros(window[0], np.float32))
+        context = 1 + self.vae.config.temporal_down * (overlap - 1)  # pixel frames of `overlap` latents
         mask = (np.arange(window[0]) < overlap).astype(np.float32)
-        i = 0
-        while len(z) < total:
+        z = self._sample_latent(prompt, window, seed, steps, guidance, sampler, jnp.zeros(window), 0 * mask)
+        frames = self.decode(z)  # [window_frames, H, W, 3]
+        video, i = [frames], 0
+        while sum(map(len, video)) < num_frames:
             i += 1
-            known = jnp.zeros(window).at[:overlap].set(z[-overlap:])
-            new = self._sample_latent(prompt, window, seed + i, steps, guidance, sampler, known, mask)
-            z = jnp.concatenate([z, new[overlap:]])
-        return self.decode(z[:total])
+            known = jnp.zeros(window).at[:overlap].set(self.encode(frames[-context:]))
+            z = self._sample_latent(prompt, window, seed + i, steps, guidance, sampler, known, mask)
+            frames = self.decode(z)
+            video.append(frames[context:])
+        return np.concatenate(video)[:num_frames]
 
 
 MODES = (None, "extend", "extend_backward", "edit")

@@ -249,8 +249,27 @@ def test_editing_with_strength_zero_returns_the_input_and_more_changes_more(pipe
 
 def test_long_video_extends_in_overlapping_windows(pipe):
     pipe, *_ = pipe
-    video = pipe.long_video("a red circle moves right", 21, window_frames=9, overlap=2, steps=2, height=16, width=16)
-    assert video.shape == (21, 16, 16, 3)
+    calls, sample = [], pipe._sample_latent
+
+    def spy(*args):  # (prompt, latent, seed, steps, guidance, sampler, known, known_mask)
+        calls.append((np.asarray(args[6]), np.asarray(args[7]), sample(*args)))
+        return calls[-1][2]
+
+    pipe._sample_latent = spy
+    try:
+        video = pipe.long_video("a red circle moves right", 21, window_frames=9, overlap=2, steps=2, height=16,
+                                width=16)
+    finally:
+        del pipe._sample_latent
+    assert video.shape == (21, 16, 16, 3) and len(calls) == 3  # 9 frames, then 6 new ones per window
+    assert not calls[0][1].any() and (calls[1][1] == [1, 1, 0, 0, 0]).all()
+    first, second = pipe.decode(calls[0][2]), pipe.decode(calls[1][2])
+    # The next window starts from the last 1 + 2 frames made, encoded afresh: its latent
+    # frame 0 is a single-frame latent, as every training clip's is.
+    np.testing.assert_allclose(calls[1][0][:2], pipe.encode(first[-3:]), atol=1e-5)
+    assert not calls[1][0][2:].any()
+    np.testing.assert_array_equal(video[:9], first)
+    np.testing.assert_array_equal(video[9:15], second[3:])
     with pytest.raises(ValueError, match="overlap"):
         pipe.long_video("a red circle", 21, window_frames=9, overlap=5, height=16, width=16)
 
