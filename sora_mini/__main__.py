@@ -125,7 +125,6 @@ VAE_TRAIN_PRESETS = {
 
 
 def cmd_train_vae(args) -> None:
-
     from sora_mini import train, vae
 
     if args.preset not in vae.VAE_PRESETS:
