@@ -182,4 +182,4 @@ def test_train_all_runs_every_stage_and_resumes(tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     assert "built" not in again.stdout and "encoded" not in again.stdout
     other = _cli("train-all", "--preset", "small", "--data", str(tmp_path / "data"), "--dry-run")
-    assert other.returncode == 2 and "other than the small preset's" in other.stderr
+    assert other.returncode == 2 and "differs in height, width" in other.stderr
