@@ -481,13 +481,14 @@ def make_clip(config: ShapesWorldConfig, seed: int) -> Clip:
                 room = SPEEDS[speed] * scale * (T - 1) / 2  # px covered in the first half
                 for axis, extent in ((0, W), (1, H)):
                     d = DIRECTIONS[direction][axis]
-                    if d and config.mover_start == "behind":
+                    if not d:
+                        continue
+                    if config.mover_start == "behind":
                         back = (radius, 0.45 * extent) if d > 0 else (0.55 * extent, extent - radius)
-                        start[axis] = rng.uniform(*back)
-                    elif d:
+                    else:
                         far = min(extent - radius, radius + abs(d) * room)  # nearest start from the far wall
                         back = (radius, extent - far) if d > 0 else (far, extent - radius)
-                        start[axis] = rng.uniform(*back)
+                    start[axis] = rng.uniform(*back)
             if pillar is not None and motion == "linear" and not placed:
                 # Start on the far side of the pillar from where it is heading.
                 x0, _, x1, _ = pillar

@@ -254,6 +254,10 @@ def swap_left_right(caption: str) -> str:
     return re.sub(r"\b(left|right)\b", lambda m: _MIRROR_WORDS[m.group(1)], caption)
 
 
+# direction_control's clips: every mover starts on the side it moves away from.
+LAYOUT_SHORTCUT_WORLD = data.SHAPES_WORLD_PRESETS["tiny"].replace(mover_start="behind")
+
+
 def direction_control(generate: Callable[[str, int, np.ndarray], np.ndarray], n: int = 48, split: str = "test",
                       config: DetectorConfig = DetectorConfig(), progress: bool = True) -> dict:
     """Does the prompt's direction word steer the motion, or the picture? The clips come
@@ -265,8 +269,7 @@ def direction_control(generate: Callable[[str, int, np.ndarray], np.ndarray], n:
     far as the wall it starts beside lets it: fast movers bounce back sooner)."""
     from tqdm.auto import tqdm
 
-    behind = data.SHAPES_WORLD_PRESETS["tiny"].replace(mover_start="behind")
-    clips = [c for c in adherence_clips(4 * n, split, behind) if _horizontal(c.objects[0].direction)][:n]
+    clips = [c for c in adherence_clips(4 * n, split, LAYOUT_SHORTCUT_WORLD) if _horizontal(c.objects[0].direction)][:n]
     prompt, layout = [], []
     for i, clip in enumerate(tqdm(clips, desc="direction control", disable=not progress)):
         truth = _horizontal(clip.objects[0].direction)

@@ -369,7 +369,7 @@ class TextToVideo:
             raise ValueError(f"overlap must lie in 1..{window[0] - 1} latent frames, got {overlap}")
         context = 1 + self.vae.config.temporal_down * (overlap - 1)  # pixel frames of `overlap` latents
         mask = (np.arange(window[0]) < overlap).astype(np.float32)
-        z = self._sample_latent(prompt, window, seed, steps, guidance, sampler, jnp.zeros(window), 0 * mask)
+        z = self._sample_latent(prompt, window, seed, steps, guidance, sampler, jnp.zeros(window), np.zeros_like(mask))
         frames = self.decode(z)  # [window_frames, H, W, 3]
         video, i = [frames], 0
         while sum(map(len, video)) < num_frames:

@@ -100,8 +100,8 @@ def test_counts_and_sizes_are_read_against_the_prompt(clips):
 
 def test_direction_control_tells_words_from_layout():
     assert evaluate.swap_left_right("a red circle moves left, then right") == "a red circle moves right, then left"
-    behind = data.SHAPES_WORLD_PRESETS["tiny"].replace(mover_start="behind")  # the clips direction_control uses
-    clips = {c.video[0].tobytes(): c for c in evaluate.adherence_clips(60, config=behind)}
+    assert evaluate.LAYOUT_SHORTCUT_WORLD.mover_start == "behind"  # first frames imply the direction
+    clips = {c.video[0].tobytes(): c for c in evaluate.adherence_clips(60, config=evaluate.LAYOUT_SHORTCUT_WORLD)}
     real = lambda prompt, seed, image: clips[image.tobytes()].video  # goes where the frame implies
     mirrored = lambda prompt, seed, image: clips[image.tobytes()].video[:, :, ::-1].copy()  # where the words say
     layout = evaluate.direction_control(real, n=12, progress=False)
