@@ -346,6 +346,54 @@ def cmd_train_classifier(args) -> None:
           + ", ".join(f"{k} {v:.3f}" for k, v in accuracy.items()) + f" -> {args.out}")
 
 
+def cmd_train_guidance(args) -> None:
+    """The classifier of noisy latents that classifier guidance steers a pretrained model
+    with, trained on the model's own latent space and time grid; the last `--held-out`
+    clips of the cache are kept out to measure it."""
+    import json
+
+    import numpy as np
+
+    from sora_mini import guidance, pipeline
+    from sora_mini.vae import count_params
+
+    settings_path = os.path.join(args.model, "dit", "config.json")
+    if not os.path.exists(settings_path):
+        raise FileNotFoundError(f"no pretrained text-to-video model at {args.model} (expected dit/config.json)")
+    with open(settings_path) as f:
+        settings = json.load(f)
+    _, dit_config, diffusion_config = pipeline._configs(settings)
+    if not os.path.exists(args.latents):
+        raise FileNotFoundError(f"no latent cache at {args.latents}: make one with `python -m sora_mini encode-latents`")
+    cache = dict(np.load(args.latents))
+    if cache["mean"].shape[-1] != dit_config.in_channels:
+        raise ValueError(f"the cache's latents have {cache['mean'].shape[-1]} channels, the model's "
+                         f"{dit_config.in_channels}: encode them with the model's VAE ({args.model}/vae)")
+    n = len(cache["mean"]) - args.held_out
+    if n < args.batch_size:
+        raise ValueError(f"{len(cache['mean'])} clips leave {n} to train on after --held-out {args.held_out}")
+    train_rows = {k: v[:n] for k, v in cache.items()}
+    held_out = {k: v[n:] for k, v in cache.items()}
+    tc = guidance.GuidanceTrainConfig(steps=args.steps, batch_size=args.batch_size,
+                                      latent_scale=float(settings["latent_scale"]))
+    config = guidance.LatentClassifierConfig(in_channels=dit_config.in_channels, patch_size=dit_config.patch_size)
+    t0 = time.perf_counter()
+    model, log = guidance.train_latent_classifier(train_rows, tc, diffusion_config, config)
+    seconds = time.perf_counter() - t0
+    accuracy = guidance.accuracy_by_time(model, held_out, latent_scale=tc.latent_scale,
+                                         diffusion_config=diffusion_config, n=args.held_out)
+    out = args.out or os.path.join(args.model, "guidance")
+    command = "python -m sora_mini " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("__main__.py") else ""
+    guidance.export_classifier(model, out, {
+        "model": "LatentClassifier (classifier guidance: colour, shape, motion of the first object named)",
+        "params": count_params(model), "train": dataclasses.asdict(tc),
+        "classifier_guidance": args.scale, "clips": n, "wall_time_s": round(seconds, 1), "final_train": log[-1],
+        "held_out_accuracy_by_time": {str(t): v for t, v in accuracy.items()}, "command": command})
+    print(f"trained the guidance classifier in {seconds:.0f}s -> {out}; held-out accuracy by time:")
+    for t, acc in accuracy.items():
+        print(f"  t={t:.2f}  " + "  ".join(f"{k} {v:.3f}" for k, v in acc.items()))
+
+
 def cmd_evaluate(args) -> None:
     """Every measurement of chapter 09 for one pretrained model: prompt adherence (text to
     video, and image to video when the model reads frames), the world-model metrics and
@@ -508,6 +556,17 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--batch-size", type=int, default=32)
     p.set_defaults(func=cmd_train_classifier)
+
+    p = sub.add_parser("train-guidance", help="train the noisy-latent classifier for classifier guidance")
+    p.add_argument("--model", default="data/pretrained/tiny", help="the pretrained model it will guide")
+    p.add_argument("--latents", required=True, help="latent cache .npz made with the model's VAE (encode-latents)")
+    p.add_argument("--out", help="where it goes (default MODEL/guidance, which from_pretrained loads)")
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--held-out", type=int, default=500, help="last clips of the cache kept out, to measure it")
+    p.add_argument("--scale", type=float, default=0.0,
+                   help="the classifier guidance scale the model then samples with by default (0: off)")
+    p.set_defaults(func=cmd_train_guidance)
 
     p = sub.add_parser("evaluate", help="measure a pretrained model against the shapes world's ground truth")
     p.add_argument("--checkpoint", default="data/pretrained/tiny", help="directory with dit/ and vae/")

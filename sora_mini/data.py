@@ -427,6 +427,30 @@ def caption_vocabulary() -> list[str]:
     return sorted(words)
 
 
+# What a caption can say one object does: a direction, falling, or staying still.
+CAPTION_MOTIONS = tuple(_MOTION_PHRASES)
+
+
+def parse_caption(caption: str) -> dict[str, str | None]:
+    """What a caption (or a prompt in its words) says of the first object it names: its
+    `color`, `shape` and `motion` (a `CAPTION_MOTIONS` key), `None` for what it does not
+    say. Read with the grammar's own tables: the first motion phrase (the longest where two
+    start at the same word, so "moves up and to the right" is up-right, not up), and the
+    colour and shape words of the subject before it."""
+    text = f" {' '.join(CAPTION_WORD.findall(caption.lower()))} "
+    found = []  # (where the phrase starts, -its length, motion)
+    for motion, forms in _MOTION_PHRASES.items():
+        for phrase in (p for pair in forms for p in pair):
+            i = text.find(f" {phrase} ")
+            if i >= 0:
+                found.append((i, -len(phrase), motion))
+    start, _, motion = min(found) if found else (len(text), 0, None)
+    subject = text[:start].split()
+    color = next((w for w in subject if w in COLORS), None)
+    shape = next((w.removesuffix("s") for w in subject if w.removesuffix("s") in SHAPES), None)
+    return {"color": color, "shape": shape, "motion": motion}
+
+
 # ----------------------------------------------------------------------------------------
 # The clip generator.
 

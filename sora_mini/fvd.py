@@ -41,7 +41,7 @@ from sora_mini import data
 from sora_mini.video import to_float
 
 # What the classifier learns to read, with its classes.
-MOTION_CLASSES = (*data.DIRECTIONS, "fall", "still")
+MOTION_CLASSES = data.CAPTION_MOTIONS  # the eight directions, "fall", "still"
 HEADS = {"color": tuple(data.COLORS), "shape": data.SHAPES, "motion": MOTION_CLASSES, "count": (1, 2, 3),
          "background": tuple(data.BACKGROUNDS)}
 
@@ -187,7 +187,8 @@ def fvd(model: VideoClassifier, videos_a, videos_b) -> float:
 # Shipping: `data/pretrained/classifier/` holds config.json, params/ and manifest.json.
 
 
-def export_classifier(model: VideoClassifier, path: str, manifest: dict) -> None:
+def export_classifier(model: nnx.Module, path: str, manifest: dict) -> None:
+    """Save any classifier whose `.config` is a dataclass: weights, config and manifest."""
     path = os.path.abspath(path)
     tmp = path + ".partial"
     import shutil
@@ -212,9 +213,13 @@ def load_classifier(path: str = "data/pretrained/classifier") -> VideoClassifier
     with open(os.path.join(path, "config.json")) as f:
         raw = json.load(f)
     config = ClassifierConfig(**{**raw, "channels": tuple(raw["channels"])})
-    model = nnx.eval_shape(lambda: VideoClassifier(config, rngs=nnx.Rngs(0)))
+    return restore_params(nnx.eval_shape(lambda: VideoClassifier(config, rngs=nnx.Rngs(0))), path)
+
+
+def restore_params(model: nnx.Module, path: str) -> nnx.Module:
+    """Fill an abstract model (`nnx.eval_shape`) with the weights `export_classifier` saved."""
     target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), nnx.state(model, nnx.Param))
     with ocp.StandardCheckpointer() as ckptr:
-        params = ckptr.restore(os.path.join(path, "params"), target)
+        params = ckptr.restore(os.path.join(os.path.abspath(path), "params"), target)
     nnx.update(model, params)
     return model

@@ -20,6 +20,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from sora_mini import guidance as guidance_lib
 from sora_mini import train
 from sora_mini.diffusion import DiffusionConfig
 from sora_mini.dit import DiT, DiTConfig
@@ -144,10 +145,14 @@ class TextToVideo:
     -> `uint8 [T, H, W, 3]`. Sampling (text encoding, the whole sampler loop with
     classifier-free guidance, VAE decoding) is one jitted function per setting."""
 
-    def __init__(self, vae, model: TextToVideoModel, diffusion_config, latent_scale: float, tokenizer=None):
+    def __init__(self, vae, model: TextToVideoModel, diffusion_config, latent_scale: float, tokenizer=None,
+                 classifier=None, classifier_guidance: float = 0.0):
+        """`classifier`: a `guidance.LatentClassifier` of this model's noisy latents, and
+        `classifier_guidance` the scale a call uses unless it passes its own (0: none)."""
         self.vae, self.model, self.diffusion = vae, model, diffusion_config
         self.latent_scale = float(latent_scale)
         self.tokenizer = tokenizer or Tokenizer.shapes_world(model.text.config.max_length)
+        self.classifier, self.classifier_guidance = classifier, float(classifier_guidance)
         self._compiled = {}
 
     @classmethod
@@ -173,24 +178,32 @@ class TextToVideo:
         if leftover:
             raise ValueError(f"{len(leftover)} arrays of the model were not in {path}/dit/params")
         _, _, diffusion = _configs(settings)
-        return cls(VideoVAE.from_pretrained(os.path.join(path, "vae")), model, diffusion, settings["latent_scale"])
+        classifier, scale = None, 0.0
+        if os.path.exists(os.path.join(path, "guidance", "config.json")):  # optional: classifier guidance
+            classifier = guidance_lib.load_latent_classifier(os.path.join(path, "guidance"))
+            with open(os.path.join(path, "guidance", "manifest.json")) as f:
+                scale = json.load(f).get("classifier_guidance", 0.0)
+        return cls(VideoVAE.from_pretrained(os.path.join(path, "vae")), model, diffusion, settings["latent_scale"],
+                   classifier=classifier, classifier_guidance=scale)
 
     # ------------------------------------------------------------------------------------
     # Sampling. One compiled program per (latent shape, sampler, steps, guidance mode,
-    # editing or not); the guidance scale, the known frames, their mask and the editing
-    # strength are traced inputs, so text-to-video, image-to-video, extension and
-    # interpolation all run the same program.
+    # editing or not, classifier guidance or not); the guidance scales, the classifier's
+    # labels, the known frames, their mask and the editing strength are traced inputs, so
+    # text-to-video, image-to-video, extension and interpolation all run the same program.
 
-    def _sampler(self, shape, sampler, steps, guided_mode, editing: bool = False):
+    def _sampler(self, shape, sampler, steps, guided_mode, editing: bool = False, classify: bool = False):
         """`guided_mode`: `None` (no guidance), `1.0` (the conditional model alone) or
-        `"scale"` (any other scale, passed in as a traced number)."""
-        key = (shape, sampler, steps, guided_mode, editing)
+        `"scale"` (any other scale, passed in as a traced number). `classify`: add
+        classifier guidance (`self.classifier`, labels and scale traced)."""
+        key = (shape, sampler, steps, guided_mode, editing, classify)
         if key not in self._compiled:
             cfg = self.diffusion
             reads_frames = self.model.dit.config.frame_conditioning
 
             @nnx.jit
-            def run(model, ids, mask, empty_ids, noise, rng, scale, known, known_mask, start, t_start):
+            def run(model, classifier, ids, mask, empty_ids, noise, rng, scale, known, known_mask, start, t_start,
+                    labels, classifier_scale):
                 guidance = scale if guided_mode == "scale" else guided_mode
                 if guidance is None or guided_mode == 1.0:
                     text_ids, text_mask = ids, mask
@@ -204,9 +217,11 @@ class TextToVideo:
                     extra = dict(known=frames[0][:n], known_mask=frames[1][:n]) if reads_frames else {}
                     return model(x, t, text_ids[:n], text_mask[:n], **extra)
 
+                grad = guidance_lib.classifier_grad_fn(classifier, labels) if classify else None
                 return sample(model_fn, noise, config=cfg, sampler=sampler, steps=steps, guidance=guidance, key=rng,
                               known=known, known_mask=known_mask, start=start if editing else None,
-                              t_start=t_start if editing else 1.0)
+                              t_start=t_start if editing else 1.0, classifier_grad=grad,
+                              classifier_scale=classifier_scale)
 
             self._compiled[key] = run
         return self._compiled[key]
@@ -275,7 +290,8 @@ class TextToVideo:
 
     def __call__(self, prompt: str, *, seed: int = 0, steps: int = 50, guidance: float | None = 4.0,
                  sampler: str = "euler", num_frames: int = 17, height: int | None = None, width: int | None = None,
-                 image=None, video=None, mode: str | None = None, end=None, mask=None, strength: float | None = None):
+                 image=None, video=None, mode: str | None = None, end=None, mask=None, strength: float | None = None,
+                 classifier_guidance: float | None = None):
         """A `uint8 [num_frames, H, W, 3]` video of `prompt`.
 
         - text to video: the prompt alone.
@@ -287,7 +303,8 @@ class TextToVideo:
         - any frames: `video=` of the whole clip with `mask=` (bool over latent frames).
         - editing (SDEdit): `video=` with `strength=` in [0, 1]: how far toward noise the
           video is pushed before it is denoised under the prompt; 0 returns it unchanged.
-        Height and width default to the given frames' size, or 32."""
+        Height and width default to the given frames' size, or 32. `classifier_guidance`:
+        the classifier guidance scale (default: the model's `classifier_guidance`; 0: off)."""
         if not isinstance(prompt, str) or not prompt.strip():
             raise ValueError("the prompt is empty: describe a video, e.g. 'a red circle moves to the right' "
                              "(the empty prompt is reserved for classifier-free guidance)")
@@ -334,26 +351,38 @@ class TextToVideo:
             known, known_mask = self.conditioning(num_frames, height, width, image=image, video=video, mode=mode,
                                                   end=end if mode != "extend_backward" else None, mask=mask)
         z = self._sample_latent(prompt, latent, seed, steps, guidance, sampler, known, known_mask, start,
-                                strength if mode == "edit" else None)
+                                strength if mode == "edit" else None, classifier_guidance)
         return self.decode(z)
 
+    def _classifier_scale(self, classifier_guidance) -> float:
+        scale = self.classifier_guidance if classifier_guidance is None else float(classifier_guidance)
+        if scale < 0 or not np.isfinite(scale):
+            raise ValueError(f"classifier_guidance must be a number >= 0 (0: off), got {classifier_guidance!r}")
+        if scale > 0 and self.classifier is None:
+            raise ValueError("classifier_guidance needs a guidance classifier: this model has none (train one with "
+                             "`python -m sora_mini train-guidance`, which puts it in <model>/guidance)")
+        return scale
+
     def _sample_latent(self, prompt, latent, seed, steps, guidance, sampler, known, known_mask, start=None,
-                       strength=None):
+                       strength=None, classifier_guidance=None):
         ids, mask = self.tokenizer([prompt], on_overflow="warn")
         empty_ids = self.tokenizer("")[0]
         k_noise, k_sample = jax.random.split(jax.random.key(seed))
         noise = jax.random.normal(k_noise, (1, *latent))
         mode = None if guidance is None else 1.0 if float(guidance) == 1.0 else "scale"
-        run = self._sampler(tuple(latent), sampler, steps, mode, editing=strength is not None)
+        classifier_scale = self._classifier_scale(classifier_guidance)
+        run = self._sampler(tuple(latent), sampler, steps, mode, editing=strength is not None,
+                            classify=classifier_scale > 0)
         scale = jnp.float32(1.0 if guidance is None else guidance)
         start = jnp.zeros(latent) if start is None else start
-        return run(self.model, ids, mask, empty_ids, noise, k_sample, scale, jnp.asarray(known)[None],
-                   jnp.asarray(known_mask, jnp.float32)[None], jnp.asarray(start)[None],
-                   jnp.float32(strength or 1.0))[0]
+        labels = guidance_lib.caption_labels([prompt])  # what the prompt names: int32 [1] per head, -1 = nothing
+        return run(self.model, self.classifier if classifier_scale > 0 else None, ids, mask, empty_ids, noise,
+                   k_sample, scale, jnp.asarray(known)[None], jnp.asarray(known_mask, jnp.float32)[None],
+                   jnp.asarray(start)[None], jnp.float32(strength or 1.0), labels, jnp.float32(classifier_scale))[0]
 
     def long_video(self, prompt: str, num_frames: int, *, overlap: int = 3, window_frames: int = 17, seed: int = 0,
                    steps: int = 50, guidance: float | None = 4.0, sampler: str = "euler", height: int = 32,
-                   width: int = 32):
+                   width: int = 32, classifier_guidance: float | None = None):
         """A video longer than the model was trained on: the first window from the prompt,
         then windows that each start from the last frames made so far (extension in
         overlapping windows of `window_frames`, `overlap` of whose latent frames are known).
@@ -369,13 +398,15 @@ class TextToVideo:
             raise ValueError(f"overlap must lie in 1..{window[0] - 1} latent frames, got {overlap}")
         context = 1 + self.vae.config.temporal_down * (overlap - 1)  # pixel frames of `overlap` latents
         mask = (np.arange(window[0]) < overlap).astype(np.float32)
-        z = self._sample_latent(prompt, window, seed, steps, guidance, sampler, jnp.zeros(window), np.zeros_like(mask))
+        z = self._sample_latent(prompt, window, seed, steps, guidance, sampler, jnp.zeros(window), np.zeros_like(mask),
+                                classifier_guidance=classifier_guidance)
         frames = self.decode(z)  # [window_frames, H, W, 3]
         video, i = [frames], 0
         while sum(map(len, video)) < num_frames:
             i += 1
             known = jnp.zeros(window).at[:overlap].set(self.encode(frames[-context:]))
-            z = self._sample_latent(prompt, window, seed + i, steps, guidance, sampler, known, mask)
+            z = self._sample_latent(prompt, window, seed + i, steps, guidance, sampler, known, mask,
+                                    classifier_guidance=classifier_guidance)
             frames = self.decode(z)
             video.append(frames[context:])
         return np.concatenate(video)[:num_frames]

@@ -16,7 +16,9 @@ noise, `(x0_hat, eps_hat)` (`sora_mini.diffusion.predict_x0_eps`). From there:
 Classifier-free guidance (Ho & Salimans 2022): with `guidance=w` the model is called once
 on a doubled batch, conditional half first, and the prediction becomes
 `uncond + w * (cond - uncond)`. The model function decides what "unconditional" means
-(the empty prompt, for the DiT).
+(the empty prompt, for the DiT). Classifier guidance (Dhariwal & Nichol 2021) adds the
+gradient of a classifier of noisy latents, `classifier_grad`, to the model's score
+(`classifier_guided`; the classifier is `sora_mini.guidance`).
 
 Known frames (chapter 08): with `known` latents and a `known_mask` over latent frames,
 every step first puts the known frames where they would be at time t, `a(t) known + s(t)
@@ -60,6 +62,14 @@ def guided(model_fn, x, t, guidance: float | None):
     return uncond + guidance * (cond - uncond)
 
 
+def classifier_guided(x0, eps, x, t, grad, scale, config: DiffusionConfig):
+    """The model's `(x0_hat, eps_hat)` at `(x, t)` moved by a classifier's gradient `grad =
+    grad log p(y | x_t)` (shaped like `x`): `(x0 + w s^2 g, eps - w a s g)`, which adds
+    `w a(t) g` to the model's score `-eps_hat / s` (`sora_mini.guidance` explains the `a(t)`)."""
+    a, s = signal_noise(t, config)
+    return x0 + scale * s ** 2 * grad, eps - scale * a * s * grad
+
+
 def _velocity(x, x0, eps, t, config):
     # dx/dt of x_t = a(t) x0 + s(t) eps, holding the model's (x0, eps) fixed.
     _, (da, ds) = jax.jvp(lambda u: signal_noise(u, config), (t,), (jnp.ones_like(t),))
@@ -76,7 +86,7 @@ def known_frames_at(t, x, known, known_mask, noise, config: DiffusionConfig):
 
 def sample(model_fn, noise, *, config: DiffusionConfig = RECTIFIED_FLOW, sampler: str = "euler",
            steps: int = 50, guidance: float | None = None, key=None, known=None, known_mask=None,
-           t_start: float = 1.0, start=None):
+           t_start: float = 1.0, start=None, classifier_grad=None, classifier_scale=0.0):
     """Integrate from `noise` (the latent at t = 1, e.g. `jax.random.normal(key, shape)`)
     to t = 0 with `steps` steps. `model_fn(x [B, ...], t [B]) -> prediction` (as trained
     under `config`); `key` is needed by `ddpm` only. Returns the latent `x_0`.
@@ -114,7 +124,10 @@ def sample(model_fn, noise, *, config: DiffusionConfig = RECTIFIED_FLOW, sampler
         return x if known is None else known_frames_at(t, x, known, known_mask, noise, config)
 
     def predict(x, t):
-        return predict_x0_eps(x, guided(model_fn, x, t, guidance), jnp.full((x.shape[0],), t), config)
+        x0, eps = predict_x0_eps(x, guided(model_fn, x, t, guidance), jnp.full((x.shape[0],), t), config)
+        if classifier_grad is None:
+            return x0, eps
+        return classifier_guided(x0, eps, x, t, classifier_grad(x, t), classifier_scale, config)
 
     def step(i, carry):
         x, key = carry

@@ -1,0 +1,199 @@
+"""Classifier guidance (chapter 07): the caption parser the labels come from, the noisy-latent
+classifier, the guided sampler on a problem with a known answer, and the pipeline."""
+
+import json
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from sora_mini import data, diffusion, guidance, train
+from sora_mini.pipeline import TextToVideo, TextToVideoModel, export_pretrained
+from sora_mini.sampling import classifier_guided, sample
+from sora_mini.text import TextConfig
+from sora_mini.dit import DiTConfig
+from sora_mini.vae import VAEConfig, VideoVAE, export_pretrained as export_vae
+
+FLOW = diffusion.DiffusionConfig()
+
+
+def test_parse_caption_reads_the_first_object_of_every_caption():
+    world = data.split_config(data.SHAPES_WORLD_PRESETS["tiny"], "train")
+    for seed in range(300):
+        clip = data.make_clip(world, seed)
+        first = clip.objects[0]
+        motion = first.direction if first.motion == "linear" else first.motion
+        assert data.parse_caption(clip.caption) == {"color": first.color, "shape": first.shape, "motion": motion}, \
+            clip.caption
+
+
+@pytest.mark.parametrize("prompt, expected", [
+    ("a red circle moves up and to the right", ("red", "circle", "up-right")),  # longest phrase, not "moves up"
+    ("Two BIG blue squares move diagonally down and left, on navy", ("blue", "square", "down-left")),
+    ("a triangle goes up while a white circle falls", (None, "triangle", "up")),
+    ("something else entirely", (None, None, None)),
+])
+def test_parse_caption_names_what_a_prompt_says(prompt, expected):
+    assert tuple(data.parse_caption(prompt).values()) == expected
+
+
+def test_caption_labels_mark_what_is_not_named():
+    labels = guidance.caption_labels(["a green square falls", "a circle"])
+    assert labels["color"].tolist() == [guidance.HEADS["color"].index("green"), -1]
+    assert labels["shape"].tolist() == [guidance.HEADS["shape"].index("square"),
+                                        guidance.HEADS["shape"].index("circle")]
+    assert labels["motion"].tolist() == [guidance.HEADS["motion"].index("fall"), -1]
+
+
+SMALL = guidance.LatentClassifierConfig(in_channels=4, hidden_size=32, depth=2, num_heads=2)
+
+
+def test_classifier_shapes_and_unnamed_labels_cost_nothing():
+    model = guidance.LatentClassifier(SMALL, rngs=nnx.Rngs(0))
+    x, t = jnp.ones((3, 5, 4, 4, 4)), jnp.array([0.1, 0.5, 0.9])
+    logits = model(x, t)
+    assert {k: v.shape for k, v in logits.items()} == {k: (3, len(c)) for k, c in guidance.HEADS.items()}
+    labels = {"color": jnp.array([0, 1, 2]), "shape": jnp.array([0, 1, 2]), "motion": jnp.array([-1, -1, -1])}
+    loss, _ = guidance.classifier_loss(model, x, t, labels)
+    without = guidance.classifier_loss(model, x, t, {k: labels[k] for k in ("color", "shape")})[0]
+    np.testing.assert_allclose(loss, without, rtol=1e-6)  # a head whose labels are all -1 adds 0
+    logp = guidance.log_prob(model, x, t, labels)
+    manual = sum(jax.nn.log_softmax(logits[k])[jnp.arange(3), labels[k]] for k in ("color", "shape"))
+    np.testing.assert_allclose(logp, manual, rtol=1e-5)
+    with pytest.raises(ValueError, match=r"latent \[B, t, h, w, 4\]"):
+        model(jnp.ones((3, 5, 4, 4, 8)), t)
+
+
+def test_classifier_overfits_one_noisy_batch():
+    rng = np.random.default_rng(0)
+    cache = {"mean": rng.normal(size=(8, 3, 4, 4, 4)).astype(np.float32),
+             "logvar": np.full((8, 3, 4, 4, 4), -10.0, np.float32),
+             "caption": np.asarray([f"a {c} circle moves {d}" for c, d in
+                                    zip(["red", "blue"] * 4, ["left", "right", "up", "down"] * 2)])}
+    tc = guidance.GuidanceTrainConfig(steps=150, batch_size=8, learning_rate=3e-3, warmup_steps=10)
+    model, log = guidance.train_latent_classifier(cache, tc, diffusion.DiffusionConfig(time_shift=1.0), SMALL,
+                                                  progress=False)
+    assert log[-1]["loss"] < 0.1 * log[0]["loss"]
+    acc = guidance.accuracy_by_time(model, cache, (0.0, 0.2), latent_scale=1.0, diffusion_config=FLOW, n=8)
+    assert acc[0.0] == {"color": 1.0, "shape": 1.0, "motion": 1.0}
+
+
+def test_classifier_export_round_trips(tmp_path):
+    model = guidance.LatentClassifier(SMALL, rngs=nnx.Rngs(3))
+    guidance.export_classifier(model, str(tmp_path / "g"), {"note": "test"})
+    loaded = guidance.load_latent_classifier(str(tmp_path / "g"))
+    x, t = jax.random.normal(jax.random.key(0), (2, 3, 4, 4, 4)), jnp.array([0.3, 0.7])
+    for k in guidance.HEADS:
+        np.testing.assert_array_equal(model(x, t)[k], loaded(x, t)[k])
+    with pytest.raises(FileNotFoundError, match="train-guidance"):
+        guidance.load_latent_classifier(str(tmp_path / "none"))
+
+
+# ----------------------------------------------------------------------------------------
+# The guided sampler, on data with a known answer: x0 = +1 or -1 with equal odds, the label
+# its sign. On x_t = a x0 + s eps the exact denoiser is E[x0 | x_t] = tanh(a x / s^2) and the
+# exact classifier p(y | x_t) = sigmoid(2 y a x / s^2).
+
+
+def _two_points_velocity(x, t):
+    a, s = 1 - t[:, None], t[:, None]
+    x0 = jnp.tanh(a * x / s ** 2)
+    return (x - a * x0) / s - x0  # eps_hat - x0_hat
+
+
+def _two_points_grad(y):
+    def grad(x, t):
+        a, s = 1 - t, t
+        return jax.grad(lambda x: jax.nn.log_sigmoid(2 * y * a * x / s ** 2).sum())(x)
+    return grad
+
+
+def test_classifier_guidance_keeps_the_model_on_its_path():
+    x0, eps, x = (jax.random.normal(k, (4, 6)) for k in jax.random.split(jax.random.key(0), 3))
+    g = jax.random.normal(jax.random.key(1), (4, 6))
+    for cfg in (FLOW, diffusion.DiffusionConfig(objective="ddpm", prediction="eps")):
+        t = 0.3
+        a, s = diffusion.signal_noise(t, cfg)
+        x = a * x0 + s * eps
+        x0g, epsg = classifier_guided(x0, eps, x, t, g, 2.5, cfg)
+        np.testing.assert_allclose(a * x0g + s * epsg, x, atol=1e-5)  # still a split of the same x_t
+        np.testing.assert_allclose(-(epsg - eps) / s, 2.5 * a * g, atol=1e-5)  # score + w a(t) g
+
+
+def test_classifier_guidance_picks_the_labelled_point():
+    noise = jax.random.normal(jax.random.key(0), (512, 1))
+    plain = sample(_two_points_velocity, noise, steps=50)
+    assert 0.4 < float((plain > 0).mean()) < 0.6
+    np.testing.assert_allclose(jnp.abs(plain), 1.0, atol=0.05)  # the exact model lands on the data
+    for y in (1.0, -1.0):
+        guided = sample(_two_points_velocity, noise, steps=50, classifier_grad=_two_points_grad(y),
+                        classifier_scale=4.0)
+        np.testing.assert_allclose(guided, y, atol=0.05)  # every sample, and still on the data
+
+
+# ----------------------------------------------------------------------------------------
+# The pipeline and the command line.
+
+TEXT = TextConfig(dim=32, depth=1, num_heads=2)
+DIT = DiTConfig(in_channels=4, hidden_size=32, depth=2, num_heads=2, text_dim=32)
+VAE = VAEConfig(latent_channels=4, channels=(8, 16), temporal_down=2, groups=4)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("guided")
+    world = data.ShapesWorldConfig(height=16, width=16, num_frames=9)
+    export_vae(VideoVAE(VAE, rngs=nnx.Rngs(0)), str(root / "vae"), world=world, eval_clips=2)
+    mean = np.random.default_rng(0).normal(size=(12, 5, 8, 8, 4)).astype(np.float32)
+    captions = np.asarray([data.make_clip(world, s).caption for s in range(12)])
+    cache = {"mean": mean, "logvar": np.full_like(mean, -8.0), "caption": captions}
+    np.savez(root / "lat.npz", **cache)
+    tc = train.DiTTrainConfig(steps=2, batch_size=4, warmup_steps=1, save_every=2, log_every=1)
+    settings = {"text": dict(TEXT.__dict__), "dit": {**DIT.__dict__, "patch_size": list(DIT.patch_size)}}
+    train.train_dit(TextToVideoModel(TEXT, DIT, rngs=nnx.Rngs(0)), cache, tc, str(root / "run"),
+                    diffusion.DiffusionConfig(time_shift=3.0), progress=False, settings=settings)
+    export_pretrained(str(root / "run"), str(root / "model"), str(root / "vae"))
+    return root
+
+
+def test_train_guidance_command_ships_a_classifier_the_pipeline_uses(model_dir):
+    plain = TextToVideo.from_pretrained(model_dir / "model")
+    assert plain.classifier is None and plain.classifier_guidance == 0.0
+    prompt, size = "a red circle moves to the right", dict(num_frames=9, height=16, width=16, steps=4)
+    with pytest.raises(ValueError, match="train-guidance"):
+        plain(prompt, classifier_guidance=2.0, **size)
+
+    res = subprocess.run([sys.executable, "-m", "sora_mini", "train-guidance", "--model", str(model_dir / "model"),
+                          "--latents", str(model_dir / "lat.npz"), "--steps", "3", "--batch-size", "4",
+                          "--held-out", "4", "--scale", "3"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-3000:]
+    manifest = json.loads((model_dir / "model" / "guidance" / "manifest.json").read_text())
+    assert manifest["clips"] == 8 and manifest["classifier_guidance"] == 3.0 and "train-guidance" in manifest["command"]
+    assert set(manifest["held_out_accuracy_by_time"]["0.5"]) == set(guidance.HEADS)
+
+    pipe = TextToVideo.from_pretrained(model_dir / "model")
+    assert pipe.classifier is not None and pipe.classifier_guidance == 3.0
+    off = pipe(prompt, classifier_guidance=0.0, **size)
+    np.testing.assert_array_equal(off, plain(prompt, **size))  # scale 0 is the unguided sampler
+    on = pipe(prompt, **size)  # the manifest's scale by default
+    assert on.shape == (9, 16, 16, 3) and on.dtype == np.uint8
+    # Nudge the classifier so its gradient is large, and the video must change; same seed, same video.
+    nnx.update(pipe.classifier.heads, jax.tree.map(lambda p: p * 20, nnx.state(pipe.classifier.heads, nnx.Param)))
+    a, b = pipe(prompt, classifier_guidance=50.0, **size), pipe(prompt, classifier_guidance=50.0, **size)
+    np.testing.assert_array_equal(a, b)
+    assert np.abs(a.astype(int) - off.astype(int)).max() > 0
+    with pytest.raises(ValueError, match="classifier_guidance must be a number >= 0"):
+        pipe(prompt, classifier_guidance=-1.0, **size)
+
+
+def test_train_guidance_command_names_what_is_missing(model_dir, tmp_path):
+    res = subprocess.run([sys.executable, "-m", "sora_mini", "train-guidance", "--model", str(tmp_path),
+                          "--latents", str(model_dir / "lat.npz")], capture_output=True, text=True)
+    assert res.returncode == 2 and "no pretrained text-to-video model" in res.stderr
+    res = subprocess.run([sys.executable, "-m", "sora_mini", "train-guidance", "--model", str(model_dir / "model"),
+                          "--latents", str(tmp_path / "none.npz")], capture_output=True, text=True)
+    assert res.returncode == 2 and "no latent cache" in res.stderr
