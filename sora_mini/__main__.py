@@ -376,7 +376,8 @@ def cmd_train_guidance(args) -> None:
     held_out = {k: v[n:] for k, v in cache.items()}
     tc = guidance.GuidanceTrainConfig(steps=args.steps, batch_size=args.batch_size,
                                       latent_scale=float(settings["latent_scale"]))
-    config = guidance.LatentClassifierConfig(in_channels=dit_config.in_channels, patch_size=dit_config.patch_size)
+    config = guidance.LatentClassifierConfig(in_channels=dit_config.in_channels,
+                                             latent_size=tuple(cache["mean"].shape[2:4]))
     t0 = time.perf_counter()
     model, log = guidance.train_latent_classifier(train_rows, tc, diffusion_config, config)
     seconds = time.perf_counter() - t0

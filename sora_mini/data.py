@@ -431,24 +431,32 @@ def caption_vocabulary() -> list[str]:
 CAPTION_MOTIONS = tuple(_MOTION_PHRASES)
 
 
-def parse_caption(caption: str) -> dict[str, str | None]:
-    """What a caption (or a prompt in its words) says of the first object it names: its
+def parse_caption(caption: str) -> list[dict[str, str | None]]:
+    """What a caption (or a prompt in its words) says of each object, clause by clause: its
     `color`, `shape` and `motion` (a `CAPTION_MOTIONS` key), `None` for what it does not
-    say. Read with the grammar's own tables: the first motion phrase (the longest where two
-    start at the same word, so "moves up and to the right" is up-right, not up), and the
-    colour and shape words of the subject before it."""
+    say. Read with the grammar's own tables: each motion phrase ends a clause (the longest
+    phrase where two start at the same word, so "moves up and to the right" is up-right),
+    and the colour and shape words before it, since the last clause, are its subject. A
+    caption with no motion phrase is one clause. The first clause is `objects[0]`."""
     text = f" {' '.join(CAPTION_WORD.findall(caption.lower()))} "
     found = []  # (where the phrase starts, -its length, motion)
     for motion, forms in _MOTION_PHRASES.items():
         for phrase in (p for pair in forms for p in pair):
             i = text.find(f" {phrase} ")
-            if i >= 0:
+            while i >= 0:
                 found.append((i, -len(phrase), motion))
-    start, _, motion = min(found) if found else (len(text), 0, None)
-    subject = text[:start].split()
-    color = next((w for w in subject if w in COLORS), None)
-    shape = next((w.removesuffix("s") for w in subject if w.removesuffix("s") in SHAPES), None)
-    return {"color": color, "shape": shape, "motion": motion}
+                i = text.find(f" {phrase} ", i + 1)
+    clauses, done = [], 0
+    for i, minus_len, motion in sorted(found):
+        if i < done:
+            continue  # inside a longer phrase already read
+        clauses.append((text[done:i].split(), motion))
+        done = i - minus_len + 1
+    if not found:
+        clauses.append((text.split(), None))
+    return [{"color": next((w for w in words if w in COLORS), None),
+             "shape": next((w.removesuffix("s") for w in words if w.removesuffix("s") in SHAPES), None),
+             "motion": motion} for words, motion in clauses]
 
 
 # ----------------------------------------------------------------------------------------

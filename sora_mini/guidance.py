@@ -22,13 +22,18 @@ sees nothing; we use `w' = w a`, guidance that fades in as the signal does:
 
     x0_hat' = x0_hat + w s^2 g,   eps_hat' = eps_hat - w a s g.
 
-The classifier reads what the DiT reads, a noisy latent `[B, t, h, w, c]` and its time, with
-the DiT's own parts: patch embedding, sin-cos positions, adaLN-Zero blocks conditioned on the
-time alone (no text), then the mean token into one linear head per property of the first
-object a caption names (`data.parse_caption`): colour, shape and motion.
+The classifier reads what the sampler holds, a noisy latent `[B, t, h, w, c]`, and its
+time. It is a "(2+1)D" convnet like FVD's (`sora_mini.fvd`): convolutions within each
+latent frame, flattened so that *where* things are survives, then convolutions across
+frames, which read how they move; the time embedding is added after each stage (a noisy
+latent looks different at every t). For each property (colour, shape, motion) it says
+which classes some object in the clip has: a sigmoid per class, so a clip of a red
+circle and a blue square is red *and* blue. Guidance then raises the log-probability of
+what the prompt names (`data.parse_caption`, every clause).
 
-    x_t [B, t, h, w, c] --patchify + Linear + sincos--> [B, N, D] --depth x DiTBlock(time)-->
-      mean over N --LayerNorm--> {"color": [B, 8], "shape": [B, 3], "motion": [B, 10]}
+    x_t [B, t, h, w, c] -> per frame: Conv 3x3, Conv 3x3 stride 2 (+ time) -> flatten -> Dense (+ time)
+      -> [B, t, D] -> 2 x residual Conv over time -> mean over t -> LayerNorm
+      -> {"color": [B, 8], "shape": [B, 3], "motion": [B, 10]} logits
 """
 
 from __future__ import annotations
@@ -45,9 +50,8 @@ from flax import nnx
 
 from sora_mini import data
 from sora_mini.diffusion import DiffusionConfig, add_noise, shift_time
+from sora_mini.dit import TimestepEmbedder
 from sora_mini.fvd import export_classifier, restore_params  # noqa: F401  (export_classifier: any classifier)
-from sora_mini.dit import DiTBlock, DiTConfig, TimestepEmbedder
-from sora_mini.patchify import patch_coordinates, patch_grid, patchify, sincos_embedding
 
 HEADS = {"color": tuple(data.COLORS), "shape": data.SHAPES, "motion": data.CAPTION_MOTIONS}
 
@@ -55,70 +59,74 @@ HEADS = {"color": tuple(data.COLORS), "shape": data.SHAPES, "motion": data.CAPTI
 @dataclasses.dataclass(frozen=True)
 class LatentClassifierConfig:
     in_channels: int = 8  # latent channels c
-    patch_size: tuple[int, int, int] = (1, 2, 2)
-    hidden_size: int = 96
-    depth: int = 3
-    num_heads: int = 4
-
-    def block_config(self) -> DiTConfig:
-        # The DiT's blocks, with no text: adaLN reads the time embedding alone.
-        return DiTConfig(in_channels=self.in_channels, patch_size=self.patch_size, hidden_size=self.hidden_size,
-                         depth=self.depth, num_heads=self.num_heads, text_dim=None, pos_embed="sincos")
+    latent_size: tuple[int, int] = (8, 8)  # (h, w): the flattened frame features fix it
+    channels: tuple[int, int] = (32, 64)
+    feature_dim: int = 128
 
 
 class LatentClassifier(nnx.Module):
-    """`LatentClassifier(config, rngs=...)(x_t [B, t, h, w, c], time [B])` -> logits per head."""
+    """`LatentClassifier(config, rngs=...)(x_t [B, t, h, w, c], time [B])` -> logits per
+    head, one per class (sigmoid: is some object of this class in the clip?)."""
 
     def __init__(self, config: LatentClassifierConfig = LatentClassifierConfig(), *, rngs: nnx.Rngs):
         self.config = config
-        c = config.block_config()
-        D = c.hidden_size
-        self.patch_embed = nnx.Linear(int(np.prod(c.patch_size)) * c.in_channels, D, rngs=rngs)
+        c1, c2 = config.channels
+        D = config.feature_dim
         self.time_embed = TimestepEmbedder(D, dtype=jnp.float32, rngs=rngs)
-        self.blocks = nnx.List([DiTBlock(c, rngs=rngs) for _ in range(c.depth)])
+        self.conv1 = nnx.Conv(config.in_channels, c1, (3, 3), padding="SAME", rngs=rngs)
+        self.time1 = nnx.Linear(D, c1, rngs=rngs)
+        self.norm1 = nnx.GroupNorm(c1, num_groups=8, rngs=rngs)
+        self.conv2 = nnx.Conv(c1, c2, (3, 3), strides=(2, 2), padding="SAME", rngs=rngs)
+        self.norm2 = nnx.GroupNorm(c2, num_groups=8, rngs=rngs)
+        h, w = config.latent_size
+        self.frame_dense = nnx.Linear(((h + 1) // 2) * ((w + 1) // 2) * c2, D, rngs=rngs)
+        self.temporal = nnx.List([nnx.Conv(D, D, (3,), padding="SAME", rngs=rngs) for _ in range(2)])
         self.norm = nnx.LayerNorm(D, rngs=rngs)
         self.heads = nnx.Dict({k: nnx.Linear(D, len(v), rngs=rngs) for k, v in HEADS.items()})
 
     def __call__(self, x, time):
         c = self.config
-        if x.ndim != 5 or x.shape[-1] != c.in_channels:
-            raise ValueError(f"x must be a latent [B, t, h, w, {c.in_channels}], got shape {x.shape}")
-        grid = patch_grid(x.shape[1:4], c.patch_size)
-        tokens = self.patch_embed(patchify(x, c.patch_size))  # [B, N, D]
-        tokens = tokens + jnp.asarray(sincos_embedding(patch_coordinates(grid), c.hidden_size))
-        cond = self.time_embed(jnp.broadcast_to(time, x.shape[:1]))  # [B, D]
-        for block in self.blocks:
-            tokens = block(tokens, cond, grid)
-        h = self.norm(tokens.mean(axis=1))  # [B, D]
-        return {k: head(h) for k, head in self.heads.items()}
+        if x.ndim != 5 or x.shape[-1] != c.in_channels or x.shape[2:4] != c.latent_size:
+            raise ValueError(f"x must be a latent [B, t, {c.latent_size[0]}, {c.latent_size[1]}, {c.in_channels}], "
+                             f"got shape {x.shape}")
+        B, T = x.shape[:2]
+        temb = self.time_embed(jnp.broadcast_to(time, (B,)))  # [B, D]
+        h = self.conv1(x.reshape(B * T, *x.shape[2:]))  # frames as a batch of images
+        h = h + jnp.repeat(self.time1(temb), T, axis=0)[:, None, None]
+        h = nnx.gelu(self.norm1(h))
+        h = nnx.gelu(self.norm2(self.conv2(h)))  # [B*T, h/2, w/2, c2]
+        f = nnx.gelu(self.frame_dense(h.reshape(B, T, -1)) + temb[:, None])  # [B, T, D]: where things are
+        for conv in self.temporal:
+            f = f + nnx.gelu(conv(f))  # how they move
+        f = self.norm(f.mean(axis=1))
+        return {k: head(f) for k, head in self.heads.items()}
 
 
 def caption_labels(captions) -> dict[str, np.ndarray]:
-    """`int32 [N]` per head: the class each caption names for its first object, -1 where
-    it names none (such examples do not count in that head's loss)."""
-    parsed = [data.parse_caption(str(c)) for c in captions]
-    return {k: np.asarray([classes.index(p[k]) if p[k] is not None else -1 for p in parsed], np.int32)
-            for k, classes in HEADS.items()}
+    """`float32 [N, classes]` per head: 1 for each class some clause of the caption names
+    (`data.parse_caption`), 0 otherwise. A head a caption says nothing about is all 0."""
+    out = {k: np.zeros((len(captions), len(classes)), np.float32) for k, classes in HEADS.items()}
+    for i, caption in enumerate(captions):
+        for clause in data.parse_caption(str(caption)):
+            for k, classes in HEADS.items():
+                if clause[k] is not None:
+                    out[k][i, classes.index(clause[k])] = 1.0
+    return out
 
 
 def log_prob(model: LatentClassifier, x, time, labels: dict):
-    """`[B]`: the sum over heads of `log p(label | x_t)`, heads with label -1 left out."""
+    """`[B]`: `sum log p(class present | x_t)` over the classes `labels` marks 1."""
     logits = model(x, time)
-    total = 0.0
-    for k, y in labels.items():
-        logp = jax.nn.log_softmax(logits[k])
-        total = total + jnp.where(y >= 0, jnp.take_along_axis(logp, jnp.maximum(y, 0)[:, None], -1)[:, 0], 0.0)
-    return total
+    return sum((jax.nn.log_sigmoid(logits[k]) * y).sum(-1) for k, y in labels.items())
 
 
 def classifier_loss(model: LatentClassifier, x, time, labels: dict):
+    """Binary cross-entropy per class; `exact` accuracy per head: every class right."""
     logits = model(x, time)
     losses, acc = {}, {}
     for k, y in labels.items():
-        valid = (y >= 0).astype(jnp.float32)
-        ce = optax.softmax_cross_entropy_with_integer_labels(logits[k], jnp.maximum(y, 0))
-        losses[k] = (ce * valid).sum() / jnp.maximum(valid.sum(), 1.0)
-        acc[f"{k}_acc"] = ((logits[k].argmax(-1) == y) * valid).sum() / jnp.maximum(valid.sum(), 1.0)
+        losses[k] = optax.sigmoid_binary_cross_entropy(logits[k], y).sum(-1).mean()
+        acc[f"{k}_acc"] = ((logits[k] > 0) == (y > 0.5)).all(-1).mean()
     return sum(losses.values()), acc
 
 
@@ -163,7 +171,7 @@ def train_latent_classifier(latents: dict, tc: GuidanceTrainConfig, diffusion_co
 
     mean, logvar = np.asarray(latents["mean"], np.float32), np.asarray(latents["logvar"], np.float32)
     labels = caption_labels(latents["caption"])
-    config = config or LatentClassifierConfig(in_channels=mean.shape[-1])
+    config = config or LatentClassifierConfig(in_channels=mean.shape[-1], latent_size=mean.shape[2:4])
     model = LatentClassifier(config, rngs=nnx.Rngs(tc.seed))
     warmup = min(tc.warmup_steps, tc.steps // 2)
     schedule = optax.warmup_cosine_decay_schedule(0.0, tc.learning_rate, warmup, max(tc.steps, warmup + 1),
@@ -185,13 +193,13 @@ def train_latent_classifier(latents: dict, tc: GuidanceTrainConfig, diffusion_co
 @nnx.jit
 def _accuracy_batch(model, x, t, labels):
     logits = model(x, t)
-    return {k: logits[k].argmax(-1) == labels[k] for k in labels}
+    return {k: ((logits[k] > 0) == (labels[k] > 0.5)).all(-1) for k in labels}
 
 
 def accuracy_by_time(model: LatentClassifier, latents: dict, times=(0.0, 0.25, 0.5, 0.75, 0.9), *,
                      latent_scale: float, diffusion_config: DiffusionConfig, n: int = 512, seed: int = 0) -> dict:
-    """Accuracy per head on the first `n` clips of a cache (posterior means), noised to
-    each time: `{t: {"color": .., "shape": .., "motion": ..}}`, over clips that name one."""
+    """Per head, the share of the first `n` clips of a cache (posterior means) noised to
+    each time whose classes it gets all right: `{t: {"color": .., "shape": .., "motion": ..}}`."""
     z = jnp.asarray(np.asarray(latents["mean"][:n], np.float32) * latent_scale)
     labels = caption_labels(latents["caption"][:n])
     eps = jax.random.normal(jax.random.key(seed), z.shape)
@@ -199,7 +207,7 @@ def accuracy_by_time(model: LatentClassifier, latents: dict, times=(0.0, 0.25, 0
     for t in times:
         tt = jnp.full((len(z),), t, jnp.float32)
         hits = _accuracy_batch(model, add_noise(z, eps, tt, diffusion_config), tt, labels)
-        out[float(t)] = {k: float(np.asarray(hits[k])[labels[k] >= 0].mean()) for k in labels}
+        out[float(t)] = {k: float(np.mean(hits[k])) for k in labels}
     return out
 
 
@@ -229,5 +237,6 @@ def load_latent_classifier(path: str) -> LatentClassifier:
                                 "with `python -m sora_mini train-guidance`")
     with open(config_file) as f:
         raw = json.load(f)
-    config = LatentClassifierConfig(**{**raw, "patch_size": tuple(raw["patch_size"])})
+    config = LatentClassifierConfig(**{**raw, "latent_size": tuple(raw["latent_size"]),
+                                       "channels": tuple(raw["channels"])})
     return restore_params(nnx.eval_shape(lambda: LatentClassifier(config, rngs=nnx.Rngs(0))), path)

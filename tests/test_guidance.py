@@ -21,50 +21,55 @@ from sora_mini.vae import VAEConfig, VideoVAE, export_pretrained as export_vae
 FLOW = diffusion.DiffusionConfig()
 
 
-def test_parse_caption_reads_the_first_object_of_every_caption():
+def test_parse_caption_reads_every_clause_of_every_caption():
     world = data.split_config(data.SHAPES_WORLD_PRESETS["tiny"], "train")
     for seed in range(300):
         clip = data.make_clip(world, seed)
-        first = clip.objects[0]
-        motion = first.direction if first.motion == "linear" else first.motion
-        assert data.parse_caption(clip.caption) == {"color": first.color, "shape": first.shape, "motion": motion}, \
-            clip.caption
+        groups = {}  # one clause per group of look-alike objects, in order (data._caption)
+        for obj in clip.objects:
+            groups.setdefault(data.caption_group_key(obj), obj)
+        truth = [{"color": o.color, "shape": o.shape, "motion": o.direction if o.motion == "linear" else o.motion}
+                 for o in groups.values()]
+        assert data.parse_caption(clip.caption) == truth, clip.caption
 
 
 @pytest.mark.parametrize("prompt, expected", [
-    ("a red circle moves up and to the right", ("red", "circle", "up-right")),  # longest phrase, not "moves up"
-    ("Two BIG blue squares move diagonally down and left, on navy", ("blue", "square", "down-left")),
-    ("a triangle goes up while a white circle falls", (None, "triangle", "up")),
-    ("something else entirely", (None, None, None)),
+    ("a red circle moves up and to the right", [("red", "circle", "up-right")]),  # longest phrase, not "moves up"
+    ("Two BIG blue squares move diagonally down and left, on navy", [("blue", "square", "down-left")]),
+    ("a triangle goes up while a white circle falls", [(None, "triangle", "up"), ("white", "circle", "fall")]),
+    ("a red circle moves right and bounces off the wall, and a blue square moves right",
+     [("red", "circle", "right"), ("blue", "square", "right")]),
+    ("a red circle", [("red", "circle", None)]),
+    ("something else entirely", [(None, None, None)]),
 ])
 def test_parse_caption_names_what_a_prompt_says(prompt, expected):
-    assert tuple(data.parse_caption(prompt).values()) == expected
+    assert [tuple(c.values()) for c in data.parse_caption(prompt)] == expected
 
 
-def test_caption_labels_mark_what_is_not_named():
-    labels = guidance.caption_labels(["a green square falls", "a circle"])
-    assert labels["color"].tolist() == [guidance.HEADS["color"].index("green"), -1]
-    assert labels["shape"].tolist() == [guidance.HEADS["shape"].index("square"),
-                                        guidance.HEADS["shape"].index("circle")]
-    assert labels["motion"].tolist() == [guidance.HEADS["motion"].index("fall"), -1]
+def test_caption_labels_mark_every_class_named():
+    labels = guidance.caption_labels(["a green square falls while a red square moves left", "a circle"])
+    named = {k: [[guidance.HEADS[k][j] for j in np.flatnonzero(row)] for row in v] for k, v in labels.items()}
+    assert named == {"color": [["red", "green"], []], "shape": [["square"], ["circle"]],
+                     "motion": [["left", "fall"], []]}
 
 
-SMALL = guidance.LatentClassifierConfig(in_channels=4, hidden_size=32, depth=2, num_heads=2)
+SMALL = guidance.LatentClassifierConfig(in_channels=4, latent_size=(4, 4), channels=(8, 16), feature_dim=32)
 
 
-def test_classifier_shapes_and_unnamed_labels_cost_nothing():
+def test_classifier_shapes_and_log_prob():
     model = guidance.LatentClassifier(SMALL, rngs=nnx.Rngs(0))
-    x, t = jnp.ones((3, 5, 4, 4, 4)), jnp.array([0.1, 0.5, 0.9])
+    x, t = jax.random.normal(jax.random.key(0), (3, 5, 4, 4, 4)), jnp.array([0.1, 0.5, 0.9])
     logits = model(x, t)
     assert {k: v.shape for k, v in logits.items()} == {k: (3, len(c)) for k, c in guidance.HEADS.items()}
-    labels = {"color": jnp.array([0, 1, 2]), "shape": jnp.array([0, 1, 2]), "motion": jnp.array([-1, -1, -1])}
-    loss, _ = guidance.classifier_loss(model, x, t, labels)
-    without = guidance.classifier_loss(model, x, t, {k: labels[k] for k in ("color", "shape")})[0]
-    np.testing.assert_allclose(loss, without, rtol=1e-6)  # a head whose labels are all -1 adds 0
+    labels = {k: jnp.asarray(v) for k, v in guidance.caption_labels(["a red circle moves left", "a square",
+                                                                      "nothing"]).items()}
     logp = guidance.log_prob(model, x, t, labels)
-    manual = sum(jax.nn.log_softmax(logits[k])[jnp.arange(3), labels[k]] for k in ("color", "shape"))
-    np.testing.assert_allclose(logp, manual, rtol=1e-5)
-    with pytest.raises(ValueError, match=r"latent \[B, t, h, w, 4\]"):
+    red, circle, left, square = (guidance.HEADS[k].index(c) for k, c in
+                                 (("color", "red"), ("shape", "circle"), ("motion", "left"), ("shape", "square")))
+    manual = [jax.nn.log_sigmoid(logits["color"][0, red]) + jax.nn.log_sigmoid(logits["shape"][0, circle])
+              + jax.nn.log_sigmoid(logits["motion"][0, left]), jax.nn.log_sigmoid(logits["shape"][1, square]), 0.0]
+    np.testing.assert_allclose(logp, manual, rtol=1e-5, atol=1e-7)  # a prompt naming nothing is not guided
+    with pytest.raises(ValueError, match=r"latent \[B, t, 4, 4, 4\]"):
         model(jnp.ones((3, 5, 4, 4, 8)), t)
 
 
@@ -77,9 +82,10 @@ def test_classifier_overfits_one_noisy_batch():
     tc = guidance.GuidanceTrainConfig(steps=150, batch_size=8, learning_rate=3e-3, warmup_steps=10)
     model, log = guidance.train_latent_classifier(cache, tc, diffusion.DiffusionConfig(time_shift=1.0), SMALL,
                                                   progress=False)
-    assert log[-1]["loss"] < 0.1 * log[0]["loss"]
+    assert log[-1]["loss"] < 0.2 * log[0]["loss"]  # not 0: near t = 1 nothing can be read
     acc = guidance.accuracy_by_time(model, cache, (0.0, 0.2), latent_scale=1.0, diffusion_config=FLOW, n=8)
-    assert acc[0.0] == {"color": 1.0, "shape": 1.0, "motion": 1.0}
+    for t in (0.0, 0.2):  # every class of every clip right
+        assert acc[t] == {"color": 1.0, "shape": 1.0, "motion": 1.0}, acc
 
 
 def test_classifier_export_round_trips(tmp_path):
