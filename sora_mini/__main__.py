@@ -102,7 +102,8 @@ def cmd_demo(args) -> None:
     t0 = time.perf_counter()
     model = pipeline.TextToVideo.from_pretrained(args.model)
     prompts = DEMO_PROMPTS[: args.n]
-    videos = [model(p, seed=args.seed + i, steps=args.steps, guidance=args.guidance) for i, p in enumerate(prompts)]
+    videos = [model(p, seed=args.seed + i, steps=args.steps, guidance=args.guidance,
+                    classifier_guidance=args.classifier_guidance) for i, p in enumerate(prompts)]
     notes = []
     for v in videos:  # what the shapes-world detector reads back from each video
         found = evaluate.detect(v)
@@ -314,12 +315,13 @@ def cmd_generate(args) -> None:
                                else video_lib.read_video(path))
     if args.long:
         clip = model.long_video(args.prompt, args.frames, seed=args.seed, steps=args.steps, guidance=args.guidance,
-                                sampler=args.sampler, height=args.size, width=args.size)
+                                sampler=args.sampler, height=args.size, width=args.size,
+                                classifier_guidance=args.classifier_guidance)
     else:
         mask = None if args.mask is None else [c == "1" for c in args.mask]
         clip = model(args.prompt, seed=args.seed, steps=args.steps, guidance=args.guidance, sampler=args.sampler,
                      num_frames=args.frames, height=args.size, width=args.size, mode=args.mode, mask=mask,
-                     strength=args.strength, **frames_in)
+                     strength=args.strength, classifier_guidance=args.classifier_guidance, **frames_in)
     t2 = time.perf_counter()
     frames = video_lib.upscale(clip, args.scale) if args.scale > 1 else clip
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
@@ -364,7 +366,8 @@ def cmd_train_guidance(args) -> None:
         settings = json.load(f)
     _, dit_config, diffusion_config = pipeline._configs(settings)
     if not os.path.exists(args.latents):
-        raise FileNotFoundError(f"no latent cache at {args.latents}: make one with `python -m sora_mini encode-latents`")
+        raise FileNotFoundError(f"no latent cache at {args.latents}: "
+                                "make one with `python -m sora_mini encode-latents`")
     cache = dict(np.load(args.latents))
     if cache["mean"].shape[-1] != dit_config.in_channels:
         raise ValueError(f"the cache's latents have {cache['mean'].shape[-1]} channels, the model's "
@@ -377,7 +380,9 @@ def cmd_train_guidance(args) -> None:
     tc = guidance.GuidanceTrainConfig(steps=args.steps, batch_size=args.batch_size,
                                       latent_scale=float(settings["latent_scale"]))
     config = guidance.LatentClassifierConfig(in_channels=dit_config.in_channels,
-                                             latent_size=tuple(cache["mean"].shape[2:4]))
+                                             latent_size=tuple(cache["mean"].shape[2:4]),
+                                             **{k: v for k, v in (("channels", args.channels),
+                                                                  ("feature_dim", args.feature_dim)) if v})
     t0 = time.perf_counter()
     model, log = guidance.train_latent_classifier(train_rows, tc, diffusion_config, config)
     seconds = time.perf_counter() - t0
@@ -406,7 +411,9 @@ def cmd_evaluate(args) -> None:
     model = pipeline.TextToVideo.from_pretrained(args.checkpoint)
     classifier = fvd.load_classifier(args.classifier)
     t0 = time.perf_counter()
-    sampling = dict(steps=args.steps, guidance=args.guidance, sampler=args.sampler)
+    sampling = dict(steps=args.steps, guidance=args.guidance, sampler=args.sampler,
+                    classifier_guidance=model.classifier_guidance if args.classifier_guidance is None
+                    else args.classifier_guidance)
     quiet = args.json
     generate = lambda prompt, seed: model(prompt, seed=seed, **sampling)
     result = {"adherence": evaluate.evaluate_adherence(generate, args.n, "test", vae=model.vae, progress=not quiet)}
@@ -423,7 +430,8 @@ def cmd_evaluate(args) -> None:
     if args.json:
         print(json.dumps(result, indent=2))
         return
-    print(f"prompt adherence on {args.n} test prompts (one moving object each):")
+    print(f"prompt adherence on {args.n} test prompts (one moving object each; guidance {args.guidance}, "
+          f"classifier guidance {sampling['classifier_guidance']}):")
     print(f"{'':>24}{'model':>8}{'vae':>8}{'real':>8}{'chance':>8}")
     for key in [*evaluate.CHANCE, "extra_objects_rate"]:
         row = [result["adherence"][k].get(key, float("nan")) for k in ("model", "vae", "real", "chance")]
@@ -469,6 +477,8 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--guidance", type=float, default=4.0)
+    p.add_argument("--classifier-guidance", type=float,
+                   help="classifier guidance scale (default: the model's, when it ships a guidance classifier; 0: off)")
     p.add_argument("--scale", type=int, default=4, help="upscale the written videos by this factor")
     p.set_defaults(func=cmd_demo)
 
@@ -538,6 +548,8 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--guidance", type=float, default=4.0, help="classifier-free guidance scale")
+    p.add_argument("--classifier-guidance", type=float,
+                   help="classifier guidance scale (default: the model's, when it ships a guidance classifier; 0: off)")
     p.add_argument("--sampler", default="euler", help="euler, heun, ddim or ddpm")
     p.add_argument("--frames", type=int, default=17)
     p.add_argument("--size", type=int, help="height and width (default: the given frames', or 32)")
@@ -565,6 +577,9 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--held-out", type=int, default=500, help="last clips of the cache kept out, to measure it")
+    p.add_argument("--channels", type=lambda s: tuple(int(c) for c in s.split(",")),
+                   help="the classifier's two convolution widths (default 32,64)")
+    p.add_argument("--feature-dim", type=int, help="the classifier's feature width (default 128)")
     p.add_argument("--scale", type=float, default=0.0,
                    help="the classifier guidance scale the model then samples with by default (0: off)")
     p.set_defaults(func=cmd_train_guidance)
@@ -574,6 +589,8 @@ def main(argv=None) -> int:
     p.add_argument("--n", type=int, default=128, help="number of prompts")
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--guidance", type=float, default=4.0)
+    p.add_argument("--classifier-guidance", type=float,
+                   help="classifier guidance scale (default: the model's, when it ships a guidance classifier; 0: off)")
     p.add_argument("--sampler", default="euler")
     p.add_argument("--classifier", default="data/pretrained/classifier", help="the video classifier FVD uses")
     p.add_argument("--splits", nargs="+", default=["test", "compositional"], help="splits for the world metrics")

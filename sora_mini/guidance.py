@@ -15,12 +15,11 @@ classifier `p(y | x_t, t)` trained on noised latents, the conditional score is
 and `w > 1` times the second term sharpens the condition. On any path `x_t = a x0 + s eps`
 the model's score is `-eps_hat / s`, so guidance moves the model's guesses to
 
-    eps_hat' = eps_hat - s w' g,   x0_hat' = x0_hat + (s^2 / a) w' g,   g = grad log p(y | x_t).
+    eps_hat' = eps_hat - w s g,   x0_hat' = x0_hat + w (s^2 / a) g,   g = grad log p(y | x_t)
 
-At pure noise (`a = 0` on the flow) the exact rule divides by zero while the classifier
-sees nothing; we use `w' = w a`, guidance that fades in as the signal does:
-
-    x0_hat' = x0_hat + w s^2 g,   eps_hat' = eps_hat - w a s g.
+(`sampling.classifier_guided`), still a split of the same `x_t`. At pure noise (`a = 0` on
+the flow) `1 / a` blows up while the classifier sees nothing; the sampler holds `a` at
+`sampling.GUIDANCE_MIN_SIGNAL` there.
 
 The classifier reads what the sampler holds, a noisy latent `[B, t, h, w, c]`, and its
 time. It is a "(2+1)D" convnet like FVD's (`sora_mini.fvd`): convolutions within each

@@ -62,12 +62,18 @@ def guided(model_fn, x, t, guidance: float | None):
     return uncond + guidance * (cond - uncond)
 
 
+GUIDANCE_MIN_SIGNAL = 0.05  # classifier guidance divides by a(t); below this it uses this
+
+
 def classifier_guided(x0, eps, x, t, grad, scale, config: DiffusionConfig):
     """The model's `(x0_hat, eps_hat)` at `(x, t)` moved by a classifier's gradient `grad =
-    grad log p(y | x_t)` (shaped like `x`): `(x0 + w s^2 g, eps - w a s g)`, which adds
-    `w a(t) g` to the model's score `-eps_hat / s` (`sora_mini.guidance` explains the `a(t)`)."""
+    grad log p(y | x_t)` (shaped like `x`) so that the score `-eps_hat / s` gains `w grad`:
+    `eps - w s g` and `x0 + w s^2 g / a`, which keep `a x0 + s eps = x`. Near pure noise
+    `a(t) -> 0` makes `1 / a` blow up while the classifier sees nothing; there `a` is held at
+    `GUIDANCE_MIN_SIGNAL`, which only weakens guidance at the first steps."""
     a, s = signal_noise(t, config)
-    return x0 + scale * s ** 2 * grad, eps - scale * a * s * grad
+    k = scale * s / jnp.maximum(a, GUIDANCE_MIN_SIGNAL)
+    return x0 + k * s * grad, eps - k * a * grad
 
 
 def _velocity(x, x0, eps, t, config):

@@ -127,7 +127,7 @@ def test_classifier_guidance_keeps_the_model_on_its_path():
         x = a * x0 + s * eps
         x0g, epsg = classifier_guided(x0, eps, x, t, g, 2.5, cfg)
         np.testing.assert_allclose(a * x0g + s * epsg, x, atol=1e-5)  # still a split of the same x_t
-        np.testing.assert_allclose(-(epsg - eps) / s, 2.5 * a * g, atol=1e-5)  # score + w a(t) g
+        np.testing.assert_allclose(-(epsg - eps) / s, 2.5 * g, atol=1e-5)  # the score gains w g
 
 
 def test_classifier_guidance_picks_the_labelled_point():
@@ -135,10 +135,12 @@ def test_classifier_guidance_picks_the_labelled_point():
     plain = sample(_two_points_velocity, noise, steps=50)
     assert 0.4 < float((plain > 0).mean()) < 0.6
     np.testing.assert_allclose(jnp.abs(plain), 1.0, atol=0.05)  # the exact model lands on the data
-    for y in (1.0, -1.0):
+    for y in (1.0, -1.0):  # w = 1 is Bayes' rule: p(x0 | y) is the point y itself
         guided = sample(_two_points_velocity, noise, steps=50, classifier_grad=_two_points_grad(y),
-                        classifier_scale=4.0)
+                        classifier_scale=1.0)
         np.testing.assert_allclose(guided, y, atol=0.05)  # every sample, and still on the data
+    half = sample(_two_points_velocity, noise, steps=50, classifier_grad=_two_points_grad(1.0), classifier_scale=0.3)
+    assert 0.6 < float((half > 0).mean()) < 1.0  # w < 1: the label only tilts the odds
 
 
 # ----------------------------------------------------------------------------------------
