@@ -391,7 +391,7 @@ def cmd_train_guidance(args) -> None:
     out = args.out or os.path.join(args.model, "guidance")
     command = "python -m sora_mini " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("__main__.py") else ""
     guidance.export_classifier(model, out, {
-        "model": "LatentClassifier (classifier guidance: colour, shape, motion of the first object named)",
+        "model": "LatentClassifier (classifier guidance: the colours, shapes and motions a caption names)",
         "params": count_params(model), "train": dataclasses.asdict(tc),
         "classifier_guidance": args.scale, "clips": n, "wall_time_s": round(seconds, 1), "final_train": log[-1],
         "held_out_accuracy_by_time": {str(t): v for t, v in accuracy.items()}, "command": command})

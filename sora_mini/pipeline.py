@@ -354,13 +354,22 @@ class TextToVideo:
                                 strength if mode == "edit" else None, classifier_guidance)
         return self.decode(z)
 
-    def _classifier_scale(self, classifier_guidance) -> float:
-        scale = self.classifier_guidance if classifier_guidance is None else float(classifier_guidance)
+    def _classifier_scale(self, classifier_guidance, latent) -> float:
+        """The classifier guidance scale for a latent `[t, h, w, c]`: the one asked for, else
+        the model's default where its classifier reads latents of this size, else 0."""
+        reads = self.classifier is not None and tuple(latent[1:3]) == tuple(self.classifier.config.latent_size)
+        if classifier_guidance is None:
+            return self.classifier_guidance if reads else 0.0
+        scale = float(classifier_guidance)
         if scale < 0 or not np.isfinite(scale):
             raise ValueError(f"classifier_guidance must be a number >= 0 (0: off), got {classifier_guidance!r}")
         if scale > 0 and self.classifier is None:
             raise ValueError("classifier_guidance needs a guidance classifier: this model has none (train one with "
                              "`python -m sora_mini train-guidance`, which puts it in <model>/guidance)")
+        if scale > 0 and not reads:
+            h, w = self.classifier.config.latent_size
+            raise ValueError(f"the guidance classifier reads {h}x{w} latents, this video's are "
+                             f"{latent[1]}x{latent[2]}: pass classifier_guidance=0 for this size")
         return scale
 
     def _sample_latent(self, prompt, latent, seed, steps, guidance, sampler, known, known_mask, start=None,
@@ -370,12 +379,12 @@ class TextToVideo:
         k_noise, k_sample = jax.random.split(jax.random.key(seed))
         noise = jax.random.normal(k_noise, (1, *latent))
         mode = None if guidance is None else 1.0 if float(guidance) == 1.0 else "scale"
-        classifier_scale = self._classifier_scale(classifier_guidance)
+        classifier_scale = self._classifier_scale(classifier_guidance, latent)
         run = self._sampler(tuple(latent), sampler, steps, mode, editing=strength is not None,
                             classify=classifier_scale > 0)
         scale = jnp.float32(1.0 if guidance is None else guidance)
         start = jnp.zeros(latent) if start is None else start
-        labels = guidance_lib.caption_labels([prompt])  # what the prompt names: int32 [1] per head, -1 = nothing
+        labels = guidance_lib.caption_labels([prompt])  # what the prompt names: float32 [1, classes] per head
         return run(self.model, self.classifier if classifier_scale > 0 else None, ids, mask, empty_ids, noise,
                    k_sample, scale, jnp.asarray(known)[None], jnp.asarray(known_mask, jnp.float32)[None],
                    jnp.asarray(start)[None], jnp.float32(strength or 1.0), labels, jnp.float32(classifier_scale))[0]

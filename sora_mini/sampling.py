@@ -65,7 +65,7 @@ def guided(model_fn, x, t, guidance: float | None):
 GUIDANCE_MIN_SIGNAL = 0.05  # classifier guidance divides by a(t); below this it uses this
 
 
-def classifier_guided(x0, eps, x, t, grad, scale, config: DiffusionConfig):
+def classifier_guided(x0, eps, t, grad, scale, config: DiffusionConfig):
     """The model's `(x0_hat, eps_hat)` at `(x, t)` moved by a classifier's gradient `grad =
     grad log p(y | x_t)` (shaped like `x`) so that the score `-eps_hat / s` gains `w grad`:
     `eps - w s g` and `x0 + w s^2 g / a`, which keep `a x0 + s eps = x`. Near pure noise
@@ -133,7 +133,7 @@ def sample(model_fn, noise, *, config: DiffusionConfig = RECTIFIED_FLOW, sampler
         x0, eps = predict_x0_eps(x, guided(model_fn, x, t, guidance), jnp.full((x.shape[0],), t), config)
         if classifier_grad is None:
             return x0, eps
-        return classifier_guided(x0, eps, x, t, classifier_grad(x, t), classifier_scale, config)
+        return classifier_guided(x0, eps, t, classifier_grad(x, t), classifier_scale, config)
 
     def step(i, carry):
         x, key = carry

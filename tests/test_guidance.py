@@ -125,7 +125,7 @@ def test_classifier_guidance_keeps_the_model_on_its_path():
         t = 0.3
         a, s = diffusion.signal_noise(t, cfg)
         x = a * x0 + s * eps
-        x0g, epsg = classifier_guided(x0, eps, x, t, g, 2.5, cfg)
+        x0g, epsg = classifier_guided(x0, eps, t, g, 2.5, cfg)
         np.testing.assert_allclose(a * x0g + s * epsg, x, atol=1e-5)  # still a split of the same x_t
         np.testing.assert_allclose(-(epsg - eps) / s, 2.5 * g, atol=1e-5)  # the score gains w g
 
@@ -196,6 +196,11 @@ def test_train_guidance_command_ships_a_classifier_the_pipeline_uses(model_dir):
     assert np.abs(a.astype(int) - off.astype(int)).max() > 0
     with pytest.raises(ValueError, match="classifier_guidance must be a number >= 0"):
         pipe(prompt, classifier_guidance=-1.0, **size)
+    # Another size: the classifier cannot read it, so the default turns it off and asking for it says why.
+    other = dict(size, height=32, width=32)
+    np.testing.assert_array_equal(pipe(prompt, **other), pipe(prompt, classifier_guidance=0.0, **other))
+    with pytest.raises(ValueError, match="reads 8x8 latents, this video's are 16x16"):
+        pipe(prompt, classifier_guidance=3.0, **other)
 
 
 def test_train_guidance_command_names_what_is_missing(model_dir, tmp_path):
