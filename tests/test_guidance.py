@@ -2,6 +2,7 @@
 classifier, the guided sampler on a problem with a known answer, and the pipeline."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from sora_mini import data, diffusion, guidance, train
+from sora_mini import data, diffusion, evaluate, guidance, train
 from sora_mini.pipeline import TextToVideo, TextToVideoModel, export_pretrained
 from sora_mini.sampling import classifier_guided, sample
 from sora_mini.text import TextConfig
@@ -210,3 +211,24 @@ def test_train_guidance_command_names_what_is_missing(model_dir, tmp_path):
     res = subprocess.run([sys.executable, "-m", "sora_mini", "train-guidance", "--model", str(model_dir / "model"),
                           "--latents", str(tmp_path / "none.npz")], capture_output=True, text=True)
     assert res.returncode == 2 and "no latent cache" in res.stderr
+
+
+# ----------------------------------------------------------------------------------------
+# The shipped classifier.
+
+SHIPPED = os.path.join(os.path.dirname(__file__), "..", "data", "pretrained", "tiny")
+
+
+def test_shipped_guidance_classifier_was_trained_by_the_documented_command_and_reads_motion():
+    manifest = json.loads(open(os.path.join(SHIPPED, "guidance", "manifest.json")).read())
+    assert manifest["command"].startswith("python -m sora_mini train-guidance") and manifest["classifier_guidance"] > 0
+    pipe = TextToVideo.from_pretrained(SHIPPED)
+    assert pipe.classifier_guidance == manifest["classifier_guidance"]
+    # Clean latents of real one-mover test clips: the motion head must name their direction.
+    clips = evaluate.adherence_clips(48, "test")
+    z = jnp.stack([pipe.encode(c.video) for c in clips])  # [48, 9, 8, 8, 8], the sampler's scale
+    logits = pipe.classifier(z, jnp.zeros(len(clips)))
+    motion = [guidance.HEADS["motion"][i] for i in np.asarray(logits["motion"]).argmax(-1)]
+    color = [guidance.HEADS["color"][i] for i in np.asarray(logits["color"]).argmax(-1)]
+    assert np.mean([m == c.objects[0].direction for m, c in zip(motion, clips)]) > 0.6  # chance: 0.1
+    assert np.mean([k == c.objects[0].color for k, c in zip(color, clips)]) > 0.9
