@@ -251,8 +251,8 @@ def test_long_video_extends_in_overlapping_windows(pipe):
     pipe, *_ = pipe
     calls, sample = [], pipe._sample_latent
 
-    def spy(*args):  # (prompt, latent, seed, steps, guidance, sampler, known, known_mask)
-        calls.append((np.asarray(args[6]), np.asarray(args[7]), sample(*args)))
+    def spy(*args, **kwargs):  # (prompt, latent, seed, steps, guidance, sampler, known, known_mask)
+        calls.append((np.asarray(args[6]), np.asarray(args[7]), sample(*args, **kwargs)))
         return calls[-1][2]
 
     pipe._sample_latent = spy
