@@ -41,33 +41,28 @@ def main() -> None:
         weights = "random"
     prompt = "a red circle moves to the right"
     kw = dict(steps=args.steps, sampler=args.sampler, guidance=args.guidance, classifier_guidance=0.0)
-    t0 = time.perf_counter()
-    pipe(prompt, seed=0, **kw)
-    first = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    for seed in range(1, args.repeats + 1):
-        pipe(prompt, seed=seed, **kw)
-    per_video = (time.perf_counter() - t0) / args.repeats
+
+    def timed(**extra):
+        # (seconds of the first call, compile included; mean seconds of `repeats` further calls)
+        t0 = time.perf_counter()
+        pipe(prompt, seed=0, **{**kw, **extra})
+        first = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for seed in range(1, args.repeats + 1):
+            pipe(prompt, seed=seed, **{**kw, **extra})
+        return first, (time.perf_counter() - t0) / args.repeats
+
+    first, per_video = timed()
     compiled = len(pipe._compiled)
     image = pipe(prompt, seed=0, **kw)[0]
-    t0 = time.perf_counter()
-    for seed in range(1, args.repeats + 1):
-        pipe(prompt, seed=seed, image=image, **kw)
-    per_i2v = (time.perf_counter() - t0) / args.repeats
+    _, per_i2v = timed(image=image)
     i2v_recompiled = len(pipe._compiled) > compiled
     t0 = time.perf_counter()
     pipe.long_video(prompt, 49, seed=0, **kw)
     long_s = time.perf_counter() - t0
     classifier = {}
     if pipe.classifier is not None:
-        guided = {**kw, "classifier_guidance": pipe.classifier_guidance}
-        t0 = time.perf_counter()
-        pipe(prompt, seed=0, **guided)
-        first_guided = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        for seed in range(1, args.repeats + 1):
-            pipe(prompt, seed=seed, **guided)
-        per_guided = (time.perf_counter() - t0) / args.repeats
+        first_guided, per_guided = timed(classifier_guidance=pipe.classifier_guidance)
         classifier = {"classifier_guidance": pipe.classifier_guidance,
                       "classifier_guided_compile_s": round(first_guided - per_guided, 2),
                       "classifier_guided_seconds_per_video": round(per_guided, 3)}

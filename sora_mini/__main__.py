@@ -356,7 +356,7 @@ def cmd_train_guidance(args) -> None:
 
     import numpy as np
 
-    from sora_mini import guidance, pipeline
+    from sora_mini import fvd, guidance, pipeline
     from sora_mini.vae import count_params
 
     settings_path = os.path.join(args.model, "dit", "config.json")
@@ -390,7 +390,7 @@ def cmd_train_guidance(args) -> None:
                                          diffusion_config=diffusion_config, n=args.held_out)
     out = args.out or os.path.join(args.model, "guidance")
     command = "python -m sora_mini " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("__main__.py") else ""
-    guidance.export_classifier(model, out, {
+    fvd.export_classifier(model, out, {
         "model": "LatentClassifier (classifier guidance: the colours, shapes and motions a caption names)",
         "params": count_params(model), "train": dataclasses.asdict(tc),
         "classifier_guidance": args.scale, "clips": n, "wall_time_s": round(seconds, 1), "final_train": log[-1],
@@ -456,6 +456,10 @@ def main(argv=None) -> int:
                                      description="sora-mini: a small Sora-style text-to-video model in JAX.")
     sub = parser.add_subparsers(dest="command", required=True)
 
+    def classifier_guidance_arg(p):
+        p.add_argument("--classifier-guidance", type=float, help="classifier guidance scale (default: the model's, "
+                       "when it ships a guidance classifier; 0: off)")
+
     def world_args(p):
         p.add_argument("--preset", default="tiny", choices=sorted(data_lib.SHAPES_WORLD_PRESETS),
                        help="shapes-world preset (tiny: 17x32x32)")
@@ -477,8 +481,7 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--guidance", type=float, default=4.0)
-    p.add_argument("--classifier-guidance", type=float,
-                   help="classifier guidance scale (default: the model's, when it ships a guidance classifier; 0: off)")
+    classifier_guidance_arg(p)
     p.add_argument("--scale", type=int, default=4, help="upscale the written videos by this factor")
     p.set_defaults(func=cmd_demo)
 
@@ -548,8 +551,7 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--guidance", type=float, default=4.0, help="classifier-free guidance scale")
-    p.add_argument("--classifier-guidance", type=float,
-                   help="classifier guidance scale (default: the model's, when it ships a guidance classifier; 0: off)")
+    classifier_guidance_arg(p)
     p.add_argument("--sampler", default="euler", help="euler, heun, ddim or ddpm")
     p.add_argument("--frames", type=int, default=17)
     p.add_argument("--size", type=int, help="height and width (default: the given frames', or 32)")
@@ -589,8 +591,7 @@ def main(argv=None) -> int:
     p.add_argument("--n", type=int, default=128, help="number of prompts")
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--guidance", type=float, default=4.0)
-    p.add_argument("--classifier-guidance", type=float,
-                   help="classifier guidance scale (default: the model's, when it ships a guidance classifier; 0: off)")
+    classifier_guidance_arg(p)
     p.add_argument("--sampler", default="euler")
     p.add_argument("--classifier", default="data/pretrained/classifier", help="the video classifier FVD uses")
     p.add_argument("--splits", nargs="+", default=["test", "compositional"], help="splits for the world metrics")

@@ -47,12 +47,12 @@ import numpy as np
 import optax
 from flax import nnx
 
-from sora_mini import data
+from sora_mini import data, fvd
 from sora_mini.diffusion import DiffusionConfig, add_noise, shift_time
 from sora_mini.dit import TimestepEmbedder
-from sora_mini.fvd import export_classifier, restore_params  # noqa: F401  (export_classifier: any classifier)
 
-HEADS = {"color": tuple(data.COLORS), "shape": data.SHAPES, "motion": data.CAPTION_MOTIONS}
+# What a caption says of an object, with its classes: FVD's classifier reads the same three.
+HEADS = {k: fvd.HEADS[k] for k in ("color", "shape", "motion")}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -238,4 +238,4 @@ def load_latent_classifier(path: str) -> LatentClassifier:
         raw = json.load(f)
     config = LatentClassifierConfig(**{**raw, "latent_size": tuple(raw["latent_size"]),
                                        "channels": tuple(raw["channels"])})
-    return restore_params(nnx.eval_shape(lambda: LatentClassifier(config, rngs=nnx.Rngs(0))), path)
+    return fvd.restore_params(nnx.eval_shape(lambda: LatentClassifier(config, rngs=nnx.Rngs(0))), path)

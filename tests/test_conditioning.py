@@ -14,10 +14,12 @@ from flax import nnx
 from sora_mini import data, diffusion, train
 from sora_mini.dit import DiT, DiTConfig
 from sora_mini.patchify import patchify
-from sora_mini.pipeline import TextToVideo, TextToVideoModel, copy_weights, export_pretrained
+from sora_mini.pipeline import TextToVideo, TextToVideoModel, copy_weights
 from sora_mini.sampling import sample, time_grid
 from sora_mini.text import TextConfig, Tokenizer
-from sora_mini.vae import VAEConfig, VideoVAE, export_pretrained as export_vae
+from sora_mini.vae import VAEConfig
+
+from tiny_models import WORLD, export_tiny_model
 
 SHAPE = (2, 5, 4, 4, 3)  # [B, t, h, w, c]
 
@@ -203,17 +205,8 @@ PIPE_DIT = DIT.replace(in_channels=4, frame_conditioning=True)
 @pytest.fixture(scope="module")
 def pipe(tmp_path_factory):
     root = tmp_path_factory.mktemp("cond")
-    world = data.ShapesWorldConfig(height=16, width=16, num_frames=9)
-    export_vae(VideoVAE(VAE, rngs=nnx.Rngs(0)), str(root / "vae"), world=world, eval_clips=2)
-    mean = np.random.default_rng(0).normal(size=(8, 5, 8, 8, 4)).astype(np.float32)
-    cache = {"mean": mean, "logvar": np.full_like(mean, -8.0),
-             "caption": np.asarray([data.make_clip(world, s).caption for s in range(8)])}
-    tc = train.DiTTrainConfig(steps=2, batch_size=4, warmup_steps=1, save_every=2, log_every=1)
-    settings = {"text": TEXT.__dict__ | {}, "dit": {**PIPE_DIT.__dict__, "patch_size": list(PIPE_DIT.patch_size)}}
-    train.train_dit(TextToVideoModel(TEXT, PIPE_DIT, rngs=nnx.Rngs(0)), cache, tc, str(root / "run"),
-                    diffusion.DiffusionConfig(time_shift=3.0), progress=False, settings=settings)
-    export_pretrained(str(root / "run"), str(root / "model"), str(root / "vae"))
-    return TextToVideo.from_pretrained(root / "model"), world, root
+    export_tiny_model(root, TEXT, PIPE_DIT, VAE)
+    return TextToVideo.from_pretrained(root / "model"), WORLD, root
 
 
 def test_pipeline_keeps_given_latent_frames_in_every_mode(pipe):

@@ -12,12 +12,14 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from sora_mini import data, diffusion, evaluate, guidance, train
-from sora_mini.pipeline import TextToVideo, TextToVideoModel, export_pretrained
+from sora_mini import data, diffusion, evaluate, fvd, guidance
+from sora_mini.pipeline import TextToVideo
 from sora_mini.sampling import classifier_guided, sample
 from sora_mini.text import TextConfig
 from sora_mini.dit import DiTConfig
-from sora_mini.vae import VAEConfig, VideoVAE, export_pretrained as export_vae
+from sora_mini.vae import VAEConfig
+
+from tiny_models import export_tiny_model
 
 FLOW = diffusion.DiffusionConfig()
 
@@ -91,7 +93,7 @@ def test_classifier_overfits_one_noisy_batch():
 
 def test_classifier_export_round_trips(tmp_path):
     model = guidance.LatentClassifier(SMALL, rngs=nnx.Rngs(3))
-    guidance.export_classifier(model, str(tmp_path / "g"), {"note": "test"})
+    fvd.export_classifier(model, str(tmp_path / "g"), {"note": "test"})
     loaded = guidance.load_latent_classifier(str(tmp_path / "g"))
     x, t = jax.random.normal(jax.random.key(0), (2, 3, 4, 4, 4)), jnp.array([0.3, 0.7])
     for k in guidance.HEADS:
@@ -155,17 +157,7 @@ VAE = VAEConfig(latent_channels=4, channels=(8, 16), temporal_down=2, groups=4)
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("guided")
-    world = data.ShapesWorldConfig(height=16, width=16, num_frames=9)
-    export_vae(VideoVAE(VAE, rngs=nnx.Rngs(0)), str(root / "vae"), world=world, eval_clips=2)
-    mean = np.random.default_rng(0).normal(size=(12, 5, 8, 8, 4)).astype(np.float32)
-    captions = np.asarray([data.make_clip(world, s).caption for s in range(12)])
-    cache = {"mean": mean, "logvar": np.full_like(mean, -8.0), "caption": captions}
-    np.savez(root / "lat.npz", **cache)
-    tc = train.DiTTrainConfig(steps=2, batch_size=4, warmup_steps=1, save_every=2, log_every=1)
-    settings = {"text": dict(TEXT.__dict__), "dit": {**DIT.__dict__, "patch_size": list(DIT.patch_size)}}
-    train.train_dit(TextToVideoModel(TEXT, DIT, rngs=nnx.Rngs(0)), cache, tc, str(root / "run"),
-                    diffusion.DiffusionConfig(time_shift=3.0), progress=False, settings=settings)
-    export_pretrained(str(root / "run"), str(root / "model"), str(root / "vae"))
+    np.savez(root / "lat.npz", **export_tiny_model(root, TEXT, DIT, VAE, clips=12))
     return root
 
 
