@@ -165,9 +165,10 @@ DIT_TRAIN_PRESETS = {
     # about 45 minutes; lr 1e-3 beat 3e-4 at equal steps (shape read right 0.65 against 0.30).
     # New runs condition on frames (chapter 08) and shift training times toward noise
     # (SD3's shift 3), where the direction of motion is decided.
-    "tiny": dict(text="tiny", steps=6000, batch_size=32, learning_rate=1e-3, frame_conditioning=True, time_shift=3.0),
+    "tiny": dict(text="tiny", steps=6000, batch_size=32, learning_rate=1e-3, frame_conditioning=True, time_shift=3.0,
+                 caption_loss=1.0),
     "small": dict(text="small", steps=50000, batch_size=64, learning_rate=2e-4, frame_conditioning=True,
-                  time_shift=3.0),
+                  time_shift=3.0, caption_loss=1.0),
 }
 
 
@@ -177,7 +178,7 @@ def cmd_train_dit(args) -> None:
     import numpy as np
     from flax import nnx
 
-    from sora_mini import diffusion, dit, pipeline, text, train
+    from sora_mini import diffusion, dit, guidance, pipeline, text, train
 
     if args.preset not in DIT_TRAIN_PRESETS:
         raise ValueError(f"unknown DiT preset {args.preset!r}; expected one of {sorted(DIT_TRAIN_PRESETS)}")
@@ -200,12 +201,15 @@ def cmd_train_dit(args) -> None:
         raise FileNotFoundError(f"no latent cache at {args.latents}: make one with "
                                 f"python -m sora_mini encode-latents --vae {args.vae} --out {args.latents}")
     latents = dict(np.load(args.latents))
-    text_config = text.TEXT_PRESETS[p["text"]]
+    caption_loss = p["caption_loss"] if args.caption_loss is None else args.caption_loss
+    text_config = text.TEXT_PRESETS[p["text"]].replace(
+        attribute_classes=guidance.ATTRIBUTE_CLASSES if caption_loss else 0)
     if latents["mean"].shape[-1] != dit_config.in_channels:
         raise ValueError(f"the latents have {latents['mean'].shape[-1]} channels, the {args.preset} DiT expects "
                          f"{dit_config.in_channels}")
     tc = train.DiTTrainConfig(steps=args.steps or p["steps"], batch_size=args.batch_size or p["batch_size"],
-                              learning_rate=args.lr or p["learning_rate"], latent_scale=latent_scale)
+                              learning_rate=args.lr or p["learning_rate"], latent_scale=latent_scale,
+                              caption_loss=caption_loss)
     settings = {"text": dataclasses.asdict(text_config), "dit": dataclasses.asdict(dit_config),
                 "vae": os.path.abspath(args.vae), "latents": os.path.abspath(args.latents),
                 "init": args.init and os.path.abspath(args.init)}
@@ -526,6 +530,8 @@ def main(argv=None) -> int:
                    help="train the DiT to read known frames (image-to-video, extension; default: the preset's)")
     p.add_argument("--absolute-pos", action="store_true",
                    help="add absolute sin-cos positions (zero-initialised projection) to RoPE's relative ones")
+    p.add_argument("--caption-loss", type=float,
+                   help="weight of the text encoder's caption-attribute loss (0: off; default: the preset's)")
     p.add_argument("--init", help="fine-tune from this pretrained text-to-video model (e.g. data/pretrained/tiny)")
     p.add_argument("--export", help="after training, write dit/ (EMA weights, manifest) and a copy of the VAE here")
     p.set_defaults(func=cmd_train_dit)

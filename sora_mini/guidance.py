@@ -53,6 +53,7 @@ from sora_mini.dit import TimestepEmbedder
 
 # What a caption says of an object, with its classes: FVD's classifier reads the same three.
 HEADS = {k: fvd.HEADS[k] for k in ("color", "shape", "motion")}
+ATTRIBUTE_CLASSES = sum(len(classes) for classes in HEADS.values())  # 8 + 3 + 10
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,6 +112,12 @@ def caption_labels(captions) -> dict[str, np.ndarray]:
                 if clause[k] is not None:
                     out[k][i, classes.index(clause[k])] = 1.0
     return out
+
+
+def caption_label_matrix(captions) -> np.ndarray:
+    """`float32 [N, K]`: `caption_labels`' heads side by side (colour, shape, motion; K = 21),
+    the targets of the text encoder's attribute head (`text.TextConfig.attribute_classes`)."""
+    return np.concatenate(list(caption_labels(captions).values()), axis=1)
 
 
 def log_prob(model: LatentClassifier, x, time, labels: dict):

@@ -291,6 +291,10 @@ class DiTTrainConfig:
     # A DiT with frame conditioning is shown some of its clip's latent frames in this
     # share of examples (random_frame_masks); the loss then covers the other frames only.
     frame_condition_rate: float = 0.5
+    # Weight of the text encoder's caption-attribute loss (binary cross-entropy of its
+    # `attribute_head` on the pooled caption): keeps every word the caption's meaning
+    # needs, "left" as well as "red", within the DiT's reach. 0: the denoiser alone.
+    caption_loss: float = 0.0
     latent_scale: float = 1.0  # the VAE manifest's latent_scale: diffusion sees unit-variance latents
     save_every: int = 500
     log_every: int = 10
@@ -341,14 +345,15 @@ def random_frame_masks(key, batch: int, frames: int, rate: float):
 
 
 def make_dit_train_step(diffusion_config, tc: DiTTrainConfig):
-    """A jitted step `(model, optimizer, ema, mean, logvar, ids, mask, empty_ids, key) ->
-    (ema, metrics)`: sample z from the cached posterior, drop captions, draw known frames
-    (frame-conditioned DiTs), diffusion loss, AdamW update, EMA update."""
+    """A jitted step `(model, optimizer, ema, mean, logvar, ids, mask, empty_ids, key,
+    labels=None) -> (ema, metrics)`: sample z from the cached posterior, drop captions, draw
+    known frames (frame-conditioned DiTs), diffusion loss (+ the caption-attribute loss on
+    `labels [B, K]` when `tc.caption_loss`), AdamW update, EMA update."""
     from sora_mini import diffusion
     from sora_mini.text import PAD_ID
 
     @nnx.jit
-    def step(model, optimizer, ema, mean, logvar, ids, mask, empty_ids, key):
+    def step(model, optimizer, ema, mean, logvar, ids, mask, empty_ids, key, labels=None):
         k_z, k_drop, k_loss, k_frames = jax.random.split(key, 4)
         z = (mean + jnp.exp(0.5 * logvar) * jax.random.normal(k_z, mean.shape)) * tc.latent_scale
         drop = jax.random.bernoulli(k_drop, tc.caption_dropout, (ids.shape[0],))[:, None]
@@ -360,10 +365,18 @@ def make_dit_train_step(diffusion_config, tc: DiTTrainConfig):
             frames, weight = dict(known=z, known_mask=known), 1.0 - known  # the loss: frames to generate
 
         def loss_fn(model):
-            return diffusion.diffusion_loss(lambda x, t: model(x, t, ids, mask, **frames), z, k_loss,
-                                            diffusion_config, weight)
+            tokens, pooled = model.text(ids, mask)  # once: the denoiser and the attribute head share it
+            denoise = lambda x, t: model.dit(x, t, text=tokens, text_mask=mask, text_pooled=pooled, **frames)
+            loss, _ = diffusion.diffusion_loss(denoise, z, k_loss, diffusion_config, weight)
+            metrics = {"loss": loss}
+            if tc.caption_loss:
+                logits = model.text.attribute_head(pooled)  # [B, K]
+                named = jnp.where(drop, 0.0, labels)  # the empty prompt names nothing
+                metrics["caption_loss"] = optax.sigmoid_binary_cross_entropy(logits, named).mean()
+                loss = loss + tc.caption_loss * metrics["caption_loss"]
+            return loss, metrics
 
-        (loss, _), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
+        (_, metrics), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
         optimizer.update(model, grads)
         params = nnx.state(model, nnx.Param)
         decay = tc.ema_decay
@@ -371,7 +384,7 @@ def make_dit_train_step(diffusion_config, tc: DiTTrainConfig):
             n = optimizer.step[...].astype(jnp.float32)  # updates made, this one included
             decay = jnp.minimum(decay, n / (9.0 + n))
         ema = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, ema, params)
-        return ema, {"loss": loss, "grad_norm": optax.tree_utils.tree_norm(grads)}
+        return ema, {**metrics, "grad_norm": optax.tree_utils.tree_norm(grads)}
 
     return step
 
@@ -397,7 +410,19 @@ def train_dit(model, latents: dict, tc: DiTTrainConfig, out_dir: str, diffusion_
     n = len(mean)
     if n < tc.batch_size:
         raise ValueError(f"the latent cache holds {n} clips, fewer than batch_size={tc.batch_size}")
-    ids, mask = (np.asarray(a) for a in tokenizer([str(c) for c in latents["caption"]]))
+    captions = [str(c) for c in latents["caption"]]
+    ids, mask = (np.asarray(a) for a in tokenizer(captions))
+    if tc.caption_loss:
+        from sora_mini.guidance import caption_label_matrix
+
+        labels = caption_label_matrix(captions)  # [N, K]
+        head = model.text.attribute_head
+        if head is None or head.out_features != labels.shape[1]:
+            raise ValueError(f"caption_loss needs a text encoder with attribute_classes={labels.shape[1]} "
+                             f"(one per colour, shape and motion a caption can name), got "
+                             f"{model.text.config.attribute_classes}")
+    else:
+        labels = None
     empty_ids = jnp.asarray(tokenizer("")[0][0])
 
     os.makedirs(out_dir, exist_ok=True)
@@ -433,7 +458,9 @@ def train_dit(model, latents: dict, tc: DiTTrainConfig, out_dir: str, diffusion_
     def run_step(step):
         rows = latent_batch_indices(n, step, tc.batch_size, tc.seed)
         batch = jax.device_put((mean[rows], logvar[rows], ids[rows], mask[rows]), batch_sharding)
-        ema_box[0], metrics = step_fn(model, optimizer, ema_box[0], *batch, empty_ids, jax.random.fold_in(key, step))
+        named = None if labels is None else jax.device_put(labels[rows], batch_sharding)
+        ema_box[0], metrics = step_fn(model, optimizer, ema_box[0], *batch, empty_ids, jax.random.fold_in(key, step),
+                                      named)
         return metrics
 
     _train_loop(out_dir, manager, tc, start, stop_after, "train-dit", progress, run_step,
