@@ -166,9 +166,9 @@ DIT_TRAIN_PRESETS = {
     # New runs condition on frames (chapter 08) and shift training times toward noise
     # (SD3's shift 3), where the direction of motion is decided.
     "tiny": dict(text="tiny", steps=6000, batch_size=32, learning_rate=1e-3, frame_conditioning=True, time_shift=3.0,
-                 caption_loss=1.0, classifier_loss=0.0),
+                 caption_loss=1.0),
     "small": dict(text="small", steps=50000, batch_size=64, learning_rate=2e-4, frame_conditioning=True,
-                  time_shift=3.0, caption_loss=1.0, classifier_loss=0.0),
+                  time_shift=3.0, caption_loss=1.0),
 }
 
 
@@ -202,8 +202,6 @@ def cmd_train_dit(args) -> None:
                                 f"python -m sora_mini encode-latents --vae {args.vae} --out {args.latents}")
     latents = dict(np.load(args.latents))
     caption_loss = p["caption_loss"] if args.caption_loss is None else args.caption_loss
-    classifier_loss = p["classifier_loss"] if args.classifier_loss is None else args.classifier_loss
-    classifier = guidance.load_latent_classifier(args.classifier) if classifier_loss else None
     text_config = text.TEXT_PRESETS[p["text"]].replace(
         attribute_classes=guidance.ATTRIBUTE_CLASSES if caption_loss else 0)
     if latents["mean"].shape[-1] != dit_config.in_channels:
@@ -211,11 +209,10 @@ def cmd_train_dit(args) -> None:
                          f"{dit_config.in_channels}")
     tc = train.DiTTrainConfig(steps=args.steps or p["steps"], batch_size=args.batch_size or p["batch_size"],
                               learning_rate=args.lr or p["learning_rate"], latent_scale=latent_scale,
-                              caption_loss=caption_loss, classifier_loss=classifier_loss)
+                              caption_loss=caption_loss)
     settings = {"text": dataclasses.asdict(text_config), "dit": dataclasses.asdict(dit_config),
                 "vae": os.path.abspath(args.vae), "latents": os.path.abspath(args.latents),
-                "init": args.init and os.path.abspath(args.init),
-                "classifier": os.path.abspath(args.classifier) if classifier_loss else None}
+                "init": args.init and os.path.abspath(args.init)}
     model = pipeline.TextToVideoModel(text_config, dit_config, rngs=nnx.Rngs(tc.seed))
     init_manifest = os.path.join(args.out, "init_manifest.json")
     if args.init and not os.path.exists(os.path.join(args.out, "checkpoints")):
@@ -223,7 +220,7 @@ def cmd_train_dit(args) -> None:
         os.makedirs(args.out, exist_ok=True)
         train._write_json(init_manifest, pipeline.init_from_pretrained(model, args.init))
         print(f"initialised from the pretrained model in {args.init}")
-    train.train_dit(model, latents, tc, args.out, diffusion_config, settings=settings, classifier=classifier)
+    train.train_dit(model, latents, tc, args.out, diffusion_config, settings=settings)
     print(f"trained the DiT: {args.out}")
     if args.export:
         command = "python -m sora_mini " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("__main__.py") else ""
@@ -535,11 +532,6 @@ def main(argv=None) -> int:
                    help="add absolute sin-cos positions (zero-initialised projection) to RoPE's relative ones")
     p.add_argument("--caption-loss", type=float,
                    help="weight of the text encoder's caption-attribute loss (0: off; default: the preset's)")
-    p.add_argument("--classifier-loss", type=float,
-                   help="weight of the frozen latent classifier's loss on the DiT's x0 guess (0: off; default: the "
-                   "preset's)")
-    p.add_argument("--classifier", default="data/pretrained/tiny/guidance",
-                   help="the latent classifier --classifier-loss reads (train-guidance)")
     p.add_argument("--init", help="fine-tune from this pretrained text-to-video model (e.g. data/pretrained/tiny)")
     p.add_argument("--export", help="after training, write dit/ (EMA weights, manifest) and a copy of the VAE here")
     p.set_defaults(func=cmd_train_dit)

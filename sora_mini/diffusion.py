@@ -166,16 +166,13 @@ def sample_time(key, batch: int, config: DiffusionConfig):
 def diffusion_loss(model_fn, x0, key, config: DiffusionConfig, frame_weight=None):
     """Mean squared error between `model_fn(x_t, t)` and the target, for clean latents
     `x0 [B, t, ...]`. `frame_weight [B, t]` weights latent frames (0 for frames the
-    model was given, chapter 08). Returns `(loss, aux)`: the times drawn and the model's
-    guess of the clean latent, `x0_hat` (for losses that judge the guess, `train`)."""
+    model was given, chapter 08). Returns `(loss, aux)` with the times drawn."""
     k_time, k_noise = jax.random.split(key)
     t = sample_time(k_time, x0.shape[0], config)
     eps = jax.random.normal(k_noise, x0.shape, x0.dtype)
-    x_t = add_noise(x0, eps, t, config)
-    out = model_fn(x_t, t)
-    aux = {"t": t, "x0_hat": predict_x0_eps(x_t, out.astype(jnp.float32), t, config)[0]}
+    out = model_fn(add_noise(x0, eps, t, config), t)
     err = (out.astype(jnp.float32) - target(x0, eps, t, config)) ** 2
     if frame_weight is None:
-        return jnp.mean(err), aux
+        return jnp.mean(err), {"t": t}
     w = jnp.broadcast_to(_expand(jnp.asarray(frame_weight, jnp.float32), err), err.shape)
-    return jnp.sum(w * err) / jnp.maximum(jnp.sum(w), 1.0), aux
+    return jnp.sum(w * err) / jnp.maximum(jnp.sum(w), 1.0), {"t": t}

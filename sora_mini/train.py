@@ -295,11 +295,6 @@ class DiTTrainConfig:
     # `attribute_head` on the pooled caption): keeps every word the caption's meaning
     # needs, "left" as well as "red", within the DiT's reach. 0: the denoiser alone.
     caption_loss: float = 0.0
-    # Weight of a frozen latent classifier's loss (`guidance.LatentClassifier`, read at
-    # time 0) on the DiT's guess `x0_hat`: the guess must show the colours, shapes and
-    # motions the caption names. The diffusion loss pays almost nothing for the direction
-    # of motion (chapter 09); this loss pays for it directly. 0: off.
-    classifier_loss: float = 0.0
     latent_scale: float = 1.0  # the VAE manifest's latent_scale: diffusion sees unit-variance latents
     save_every: int = 500
     log_every: int = 10
@@ -351,17 +346,14 @@ def random_frame_masks(key, batch: int, frames: int, rate: float):
 
 def make_dit_train_step(diffusion_config, tc: DiTTrainConfig):
     """A jitted step `(model, optimizer, ema, mean, logvar, ids, mask, empty_ids, key,
-    labels=None, classifier=None) -> (ema, metrics)`: sample z from the cached posterior,
-    drop captions, draw known frames (frame-conditioned DiTs), diffusion loss, plus the
-    caption-attribute loss (`tc.caption_loss`) and the classifier's loss on `x0_hat`
-    (`tc.classifier_loss`, a frozen `classifier`), both on `labels [B, 21]`
-    (`guidance.caption_label_matrix`); AdamW update, EMA update."""
-    from sora_mini.guidance import HEADS
+    labels=None) -> (ema, metrics)`: sample z from the cached posterior, drop captions, draw
+    known frames (frame-conditioned DiTs), diffusion loss (+ the caption-attribute loss on
+    `labels [B, K]` when `tc.caption_loss`), AdamW update, EMA update."""
     from sora_mini import diffusion
     from sora_mini.text import PAD_ID
 
     @nnx.jit
-    def step(model, optimizer, ema, mean, logvar, ids, mask, empty_ids, key, labels=None, classifier=None):
+    def step(model, optimizer, ema, mean, logvar, ids, mask, empty_ids, key, labels=None):
         k_z, k_drop, k_loss, k_frames = jax.random.split(key, 4)
         z = (mean + jnp.exp(0.5 * logvar) * jax.random.normal(k_z, mean.shape)) * tc.latent_scale
         drop = jax.random.bernoulli(k_drop, tc.caption_dropout, (ids.shape[0],))[:, None]
@@ -375,24 +367,13 @@ def make_dit_train_step(diffusion_config, tc: DiTTrainConfig):
         def loss_fn(model):
             tokens, pooled = model.text(ids, mask)  # once: the denoiser and the attribute head share it
             denoise = lambda x, t: model.dit(x, t, text=tokens, text_mask=mask, text_pooled=pooled, **frames)
-            loss, aux = diffusion.diffusion_loss(denoise, z, k_loss, diffusion_config, weight)
+            loss, _ = diffusion.diffusion_loss(denoise, z, k_loss, diffusion_config, weight)
             metrics = {"loss": loss}
             if tc.caption_loss:
                 logits = model.text.attribute_head(pooled)  # [B, K]
                 named = jnp.where(drop, 0.0, labels)  # the empty prompt names nothing
                 metrics["caption_loss"] = optax.sigmoid_binary_cross_entropy(logits, named).mean()
                 loss = loss + tc.caption_loss * metrics["caption_loss"]
-            if classifier is not None:  # (measured even at weight 0: the control of an experiment)
-                x0_hat = aux["x0_hat"]  # [B, t, h, w, c]
-                if frames:  # given frames are the clip's own; the guess covers the rest
-                    m = frames["known_mask"][:, :, None, None, None]
-                    x0_hat = m * z + (1 - m) * x0_hat
-                logits = classifier(x0_hat, jnp.zeros(z.shape[0]))
-                named = jnp.split(labels, np.cumsum([len(c) for c in HEADS.values()])[:-1], axis=1)
-                bce = sum(optax.sigmoid_binary_cross_entropy(logits[k], y).sum(-1) for k, y in zip(HEADS, named))
-                keep = 1.0 - drop[:, 0]  # a dropped caption names nothing to check
-                metrics["classifier_loss"] = jnp.sum(keep * bce) / jnp.maximum(keep.sum(), 1.0)
-                loss = loss + tc.classifier_loss * metrics["classifier_loss"]
             return loss, metrics
 
         (_, metrics), grads = nnx.value_and_grad(loss_fn, has_aux=True)(model)
@@ -409,11 +390,9 @@ def make_dit_train_step(diffusion_config, tc: DiTTrainConfig):
 
 
 def train_dit(model, latents: dict, tc: DiTTrainConfig, out_dir: str, diffusion_config=None, *,
-              tokenizer=None, progress: bool = True, stop_after: int | None = None, settings: dict | None = None,
-              classifier=None):
+              tokenizer=None, progress: bool = True, stop_after: int | None = None, settings: dict | None = None):
     """Train a `pipeline.TextToVideoModel` on a latent cache (`vae.encode_dataset` /
     `encode-latents`: `mean`, `logvar` `[N, t, h, w, c]` and `caption` `[N]`).
-    `classifier`: the frozen `guidance.LatentClassifier` that `tc.classifier_loss` needs.
 
     Orbax checkpoints (model, optimizer, EMA) every `save_every` steps; a second call with
     the same settings resumes exactly. `settings` (configs as plain dicts) are written to
@@ -433,19 +412,17 @@ def train_dit(model, latents: dict, tc: DiTTrainConfig, out_dir: str, diffusion_
         raise ValueError(f"the latent cache holds {n} clips, fewer than batch_size={tc.batch_size}")
     captions = [str(c) for c in latents["caption"]]
     ids, mask = (np.asarray(a) for a in tokenizer(captions))
-    labels = None
-    if tc.caption_loss or classifier is not None:
+    if tc.caption_loss:
         from sora_mini.guidance import caption_label_matrix
 
-        labels = caption_label_matrix(captions)  # [N, 21]
-    if tc.classifier_loss and classifier is None:
-        raise ValueError("classifier_loss needs the frozen latent classifier (guidance.load_latent_classifier)")
-    if tc.caption_loss:
+        labels = caption_label_matrix(captions)  # [N, K]
         head = model.text.attribute_head
         if head is None or head.out_features != labels.shape[1]:
             raise ValueError(f"caption_loss needs a text encoder with attribute_classes={labels.shape[1]} "
                              f"(one per colour, shape and motion a caption can name), got "
                              f"{model.text.config.attribute_classes}")
+    else:
+        labels = None
     empty_ids = jnp.asarray(tokenizer("")[0][0])
 
     os.makedirs(out_dir, exist_ok=True)
@@ -474,8 +451,6 @@ def train_dit(model, latents: dict, tc: DiTTrainConfig, out_dir: str, diffusion_
     nnx.update(model, jax.device_put(nnx.state(model), replicated))
     nnx.update(optimizer, jax.device_put(nnx.state(optimizer), replicated))
     ema = jax.device_put(ema, replicated)
-    if classifier is not None:
-        nnx.update(classifier, jax.device_put(nnx.state(classifier), replicated))
     step_fn = make_dit_train_step(diffusion_config, tc)
     key = jax.random.key(tc.seed)
     ema_box = [ema]  # the step replaces the EMA state; the save needs the latest one
@@ -485,7 +460,7 @@ def train_dit(model, latents: dict, tc: DiTTrainConfig, out_dir: str, diffusion_
         batch = jax.device_put((mean[rows], logvar[rows], ids[rows], mask[rows]), batch_sharding)
         named = None if labels is None else jax.device_put(labels[rows], batch_sharding)
         ema_box[0], metrics = step_fn(model, optimizer, ema_box[0], *batch, empty_ids, jax.random.fold_in(key, step),
-                                      named, classifier)
+                                      named)
         return metrics
 
     _train_loop(out_dir, manager, tc, start, stop_after, "train-dit", progress, run_step,
