@@ -1,9 +1,10 @@
 """Diffusion training speed on this machine: the real text-to-video step of `train-dit`
-(`train.make_dit_train_step`: posterior sample, caption dropout, flow-matching loss,
-AdamW, EMA) for the tiny preset at its training batch, on the device mesh `train_dit`
-uses. Reports compile time, steps per second, clips per second and achieved FLOP/s
-against the float32 matmul peak. FLOPs come from XLA's cost analysis of the compiled
-step (forward, backward and update together).
+(`train.make_dit_train_step`: posterior sample, caption dropout, known frames,
+flow-matching loss, the caption-attribute loss, AdamW, EMA) for a preset's models and
+settings at its training batch, on the device mesh `train_dit` uses. Reports compile
+time, steps per second, clips per second and achieved FLOP/s against the float32 matmul
+peak. FLOPs come from XLA's cost analysis of the compiled step (forward, backward and
+update together).
 
     python benchmarks/bench_train_dit.py [--preset tiny] [--batch-size 32] [--json out.json]
 """
@@ -19,9 +20,9 @@ import numpy as np
 from flax import nnx
 
 from _report import report
-from sora_mini import dit, pipeline, text, train
-from sora_mini.__main__ import DIT_TRAIN_PRESETS
-from sora_mini.diffusion import DiffusionConfig
+from sora_mini import pipeline, text, train
+from sora_mini.__main__ import DIT_TRAIN_PRESETS, dit_preset_configs
+from sora_mini.guidance import caption_label_matrix
 
 LATENTS = {"tiny": (9, 8, 8, 8), "small": (5, 8, 8, 16)}  # the VAE latents each preset trains on
 
@@ -35,24 +36,27 @@ def main() -> None:
     args = parser.parse_args()
     p = DIT_TRAIN_PRESETS[args.preset]
     B = args.batch_size or p["batch_size"]
-    tc = train.DiTTrainConfig(batch_size=B, learning_rate=p["learning_rate"])
-    model = pipeline.TextToVideoModel(text.TEXT_PRESETS[p["text"]], dit.DIT_PRESETS[args.preset], rngs=nnx.Rngs(0))
+    text_config, dit_config, diffusion_config, caption_loss = dit_preset_configs(args.preset)
+    tc = train.DiTTrainConfig(batch_size=B, learning_rate=p["learning_rate"], caption_loss=caption_loss)
+    model = pipeline.TextToVideoModel(text_config, dit_config, rngs=nnx.Rngs(0))
     optimizer = nnx.Optimizer(model, train.make_optimizer(tc), wrt=nnx.Param)
     ema = jax.tree.map(jnp.copy, nnx.state(model, nnx.Param))
     tokenizer = text.Tokenizer.shapes_world()
-    ids, mask = tokenizer(["a small red circle moves to the right and bounces off the wall"] * B)
+    captions = ["a small red circle moves to the right and bounces off the wall"] * B
+    ids, mask = tokenizer(captions)
     empty = jnp.asarray(tokenizer("")[0][0])
     rng = np.random.default_rng(0)
     mean = jnp.asarray(rng.normal(size=(B, *LATENTS[args.preset])), jnp.float32)
     logvar = jnp.full_like(mean, -4.0)
 
     mesh = train.data_mesh()
-    batch = jax.device_put((mean, logvar, ids, mask),
-                           jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")))
-    step = train.make_dit_train_step(DiffusionConfig(), tc)
+    sharded = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    batch = jax.device_put((mean, logvar, ids, mask), sharded)
+    labels = jax.device_put(caption_label_matrix(captions), sharded) if caption_loss else None
+    step = train.make_dit_train_step(diffusion_config, tc)
     graphdef, state = nnx.split((model, optimizer))
     costs = jax.jit(lambda s, e, *b: step(*nnx.merge(graphdef, s), e, *b)).lower(
-        state, ema, *batch, empty, jax.random.key(0)).compile().cost_analysis()
+        state, ema, *batch, empty, jax.random.key(0), labels).compile().cost_analysis()
     flops = (costs[0] if isinstance(costs, list) else costs).get("flops", float("nan"))
 
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
@@ -61,16 +65,16 @@ def main() -> None:
     nnx.update(optimizer, jax.device_put(nnx.state(optimizer), replicated))
     ema = jax.device_put(ema, replicated)
     t0 = time.perf_counter()
-    ema, metrics = step(model, optimizer, ema, *batch, empty, jax.random.key(0))
+    ema, metrics = step(model, optimizer, ema, *batch, empty, jax.random.key(0), labels)
     jax.block_until_ready(metrics)
     compile_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    ema, metrics = step(model, optimizer, ema, *batch, empty, jax.random.key(0))  # must not recompile
+    ema, metrics = step(model, optimizer, ema, *batch, empty, jax.random.key(0), labels)  # must not recompile
     jax.block_until_ready(metrics)
     second_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     for i in range(args.repeats):
-        ema, metrics = step(model, optimizer, ema, *batch, empty, jax.random.key(i + 1))
+        ema, metrics = step(model, optimizer, ema, *batch, empty, jax.random.key(i + 1), labels)
     jax.block_until_ready((ema, metrics))
     step_s = (time.perf_counter() - t0) / args.repeats
     peak = train.matmul_gflops()

@@ -164,12 +164,33 @@ DIT_TRAIN_PRESETS = {
     # tiny: 0.44 s per step of batch 32 (9x8x8x8 latents) on a 2-core CPU, so 6,000 steps take
     # about 45 minutes; lr 1e-3 beat 3e-4 at equal steps (shape read right 0.65 against 0.30).
     # New runs condition on frames (chapter 08) and shift training times toward noise
-    # (SD3's shift 3), where the direction of motion is decided.
+    # (SD3's shift 3), where the direction of motion is decided. The direction is only in
+    # the words: the caption-attribute loss keeps "left" and "right" apart in the text
+    # encoder, and absolute positions let the DiT say where an object starts (RoPE alone
+    # is relative: from pure noise it cannot put anything "on the left").
     "tiny": dict(text="tiny", steps=6000, batch_size=32, learning_rate=1e-3, frame_conditioning=True, time_shift=3.0,
-                 caption_loss=1.0),
+                 absolute_pos=True, caption_loss=1.0),
     "small": dict(text="small", steps=50000, batch_size=64, learning_rate=2e-4, frame_conditioning=True,
-                  time_shift=3.0, caption_loss=1.0),
+                  time_shift=3.0, absolute_pos=True, caption_loss=1.0),
 }
+
+
+def dit_preset_configs(preset: str, *, frame_conditioning: bool | None = None, absolute_pos: bool | None = None,
+                       time_shift: float | None = None, caption_loss: float | None = None):
+    """`(text_config, dit_config, diffusion_config, caption_loss)` of a `train-dit` preset;
+    each keyword left None takes the preset's value."""
+    from sora_mini import diffusion, dit, guidance, text
+
+    if preset not in DIT_TRAIN_PRESETS:
+        raise ValueError(f"unknown DiT preset {preset!r}; expected one of {sorted(DIT_TRAIN_PRESETS)}")
+    p = DIT_TRAIN_PRESETS[preset]
+    pick = lambda value, key: p[key] if value is None else value  # noqa: E731
+    caption_loss = pick(caption_loss, "caption_loss")
+    text_config = text.TEXT_PRESETS[p["text"]].replace(attribute_classes=guidance.ATTRIBUTE_CLASSES if caption_loss
+                                                       else 0)
+    dit_config = dit.DIT_PRESETS[preset].replace(frame_conditioning=pick(frame_conditioning, "frame_conditioning"),
+                                                 absolute_pos=pick(absolute_pos, "absolute_pos"))
+    return text_config, dit_config, diffusion.DiffusionConfig(time_shift=pick(time_shift, "time_shift")), caption_loss
 
 
 def cmd_train_dit(args) -> None:
@@ -178,10 +199,11 @@ def cmd_train_dit(args) -> None:
     import numpy as np
     from flax import nnx
 
-    from sora_mini import diffusion, dit, guidance, pipeline, text, train
+    from sora_mini import pipeline, train
 
-    if args.preset not in DIT_TRAIN_PRESETS:
-        raise ValueError(f"unknown DiT preset {args.preset!r}; expected one of {sorted(DIT_TRAIN_PRESETS)}")
+    text_config, dit_config, diffusion_config, caption_loss = dit_preset_configs(
+        args.preset, frame_conditioning=args.frame_conditioning, absolute_pos=args.absolute_pos,
+        time_shift=args.time_shift, caption_loss=args.caption_loss)
     p = DIT_TRAIN_PRESETS[args.preset]
     manifest_path = os.path.join(args.vae, "manifest.json")
     if not os.path.exists(manifest_path):
@@ -190,10 +212,6 @@ def cmd_train_dit(args) -> None:
     with open(manifest_path) as f:
         vae_manifest = json.load(f)
     latent_scale = float(vae_manifest["metrics"]["latent_scale"])
-    frame_conditioning = p["frame_conditioning"] if args.frame_conditioning is None else args.frame_conditioning
-    dit_config = dit.DIT_PRESETS[args.preset].replace(frame_conditioning=frame_conditioning,
-                                                      absolute_pos=args.absolute_pos)
-    diffusion_config = diffusion.DiffusionConfig(time_shift=args.time_shift or p["time_shift"])
     if vae_manifest["config"]["latent_channels"] != dit_config.in_channels:
         raise ValueError(f"the VAE in {args.vae} makes {vae_manifest['config']['latent_channels']} latent channels; "
                          f"the {args.preset} DiT reads {dit_config.in_channels}")
@@ -201,9 +219,6 @@ def cmd_train_dit(args) -> None:
         raise FileNotFoundError(f"no latent cache at {args.latents}: make one with "
                                 f"python -m sora_mini encode-latents --vae {args.vae} --out {args.latents}")
     latents = dict(np.load(args.latents))
-    caption_loss = p["caption_loss"] if args.caption_loss is None else args.caption_loss
-    text_config = text.TEXT_PRESETS[p["text"]].replace(
-        attribute_classes=guidance.ATTRIBUTE_CLASSES if caption_loss else 0)
     if latents["mean"].shape[-1] != dit_config.in_channels:
         raise ValueError(f"the latents have {latents['mean'].shape[-1]} channels, the {args.preset} DiT expects "
                          f"{dit_config.in_channels}")
@@ -528,8 +543,9 @@ def main(argv=None) -> int:
     p.add_argument("--time-shift", type=float, help="SD3 time shift of training and sampling (default: the preset's)")
     p.add_argument("--frame-conditioning", action=argparse.BooleanOptionalAction,
                    help="train the DiT to read known frames (image-to-video, extension; default: the preset's)")
-    p.add_argument("--absolute-pos", action="store_true",
-                   help="add absolute sin-cos positions (zero-initialised projection) to RoPE's relative ones")
+    p.add_argument("--absolute-pos", action=argparse.BooleanOptionalAction,
+                   help="add absolute sin-cos positions (zero-initialised projection) to RoPE's relative ones "
+                   "(default: the preset's)")
     p.add_argument("--caption-loss", type=float,
                    help="weight of the text encoder's caption-attribute loss (0: off; default: the preset's)")
     p.add_argument("--init", help="fine-tune from this pretrained text-to-video model (e.g. data/pretrained/tiny)")
