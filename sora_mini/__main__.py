@@ -312,8 +312,8 @@ def cmd_train_all(args) -> None:
     if not _exported(os.path.join(export, "dit"), dit_steps):
         cmd_train_dit(argparse.Namespace(preset=args.preset, vae=vae_dir, latents=latents, steps=dit_steps,
                                          out=os.path.join(args.out, "dit"), batch_size=None, lr=None, export=export,
-                                         time_shift=None, frame_conditioning=None, absolute_pos=False,
-                                         init=None))
+                                         time_shift=None, frame_conditioning=None, absolute_pos=None,
+                                         caption_loss=None, init=None))
     print(f"done: python -m sora_mini generate \"a red circle moves to the right\" --model {export}")
 
 
