@@ -4,7 +4,8 @@ Classifier-free guidance only amplifies what the DiT learned from its captions. 
 learns is what its loss pays for, and the diffusion loss pays almost nothing for the
 direction of motion: once an object can be seen in `x_t` at all, its motion can be read
 from `x_t` itself, so the caption's direction word is worth little in mean squared error
-(chapter 09 measures the shipped model's direction barely above chance). A
+(the course's first tiny model read direction at 0.21 over eight directions; the
+caption-attribute loss and absolute positions of chapter 06 brought it to 0.78). A
 classifier trained to say what the caption says pays for every word it gets wrong.
 
 Dhariwal & Nichol ("Diffusion Models Beat GANs on Image Synthesis", 2021): with a
