@@ -115,7 +115,7 @@ class TextConfig:
     # > 0: a linear head on `pooled` that says which colours, shapes and motions the caption
     # names (`guidance.caption_label_matrix`, trained by `DiTTrainConfig.caption_loss`).
     # An encoder learned only through the denoiser keeps just the words the diffusion
-    # loss pays for: the tiny model's "left" and "right" came out 0.05 apart, "red" and
+    # loss pays for: the first tiny model's "left" and "right" came out 0.05 apart, "red" and
     # "blue" 0.40 (relative distance of the token outputs).
     attribute_classes: int = 0
 

@@ -354,6 +354,8 @@ def make_dit_train_step(diffusion_config, tc: DiTTrainConfig):
 
     @nnx.jit
     def step(model, optimizer, ema, mean, logvar, ids, mask, empty_ids, key, labels=None):
+        if tc.caption_loss and labels is None:
+            raise ValueError("caption_loss needs labels [B, 21] (guidance.caption_label_matrix of the captions)")
         k_z, k_drop, k_loss, k_frames = jax.random.split(key, 4)
         z = (mean + jnp.exp(0.5 * logvar) * jax.random.normal(k_z, mean.shape)) * tc.latent_scale
         drop = jax.random.bernoulli(k_drop, tc.caption_dropout, (ids.shape[0],))[:, None]

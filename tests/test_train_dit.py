@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from sora_mini import data, train
+from sora_mini import data, diffusion, train
 from sora_mini.dit import DiTConfig
 from sora_mini.pipeline import TextToVideoModel
 from sora_mini.text import TextConfig
@@ -91,6 +91,13 @@ def test_the_caption_loss_teaches_the_text_encoder_what_the_caption_names(tmp_pa
     ids, mask = Tokenizer.shapes_world(TEXT.max_length)(captions)
     logits = model.text.attribute_head(model.text(ids, mask)[1])
     np.testing.assert_array_equal(np.asarray(logits > 0), caption_label_matrix(captions) > 0)
+
+    step = train.make_dit_train_step(diffusion.DiffusionConfig(), tc)
+    optimizer = nnx.Optimizer(model, train.make_optimizer(tc), wrt=nnx.Param)
+    empty = Tokenizer.shapes_world(TEXT.max_length)("")[0][0]
+    with pytest.raises(ValueError, match="caption_loss needs labels"):
+        step(model, optimizer, nnx.state(model, nnx.Param), cache["mean"], cache["logvar"], ids, mask, empty,
+             jax.random.key(0))
 
     with pytest.raises(ValueError, match=f"attribute_classes={ATTRIBUTE_CLASSES}"):
         train.train_dit(_model(), cache, tc, str(tmp_path / "no_head"), progress=False)
