@@ -184,7 +184,10 @@ def dit_preset_configs(preset: str, *, frame_conditioning: bool | None = None, a
     if preset not in DIT_TRAIN_PRESETS:
         raise ValueError(f"unknown DiT preset {preset!r}; expected one of {sorted(DIT_TRAIN_PRESETS)}")
     p = DIT_TRAIN_PRESETS[preset]
-    pick = lambda value, key: p[key] if value is None else value  # noqa: E731
+
+    def pick(value, key):
+        return p[key] if value is None else value
+
     caption_loss = pick(caption_loss, "caption_loss")
     text_config = text.TEXT_PRESETS[p["text"]].replace(attribute_classes=guidance.ATTRIBUTE_CLASSES if caption_loss
                                                        else 0)

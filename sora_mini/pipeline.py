@@ -42,7 +42,12 @@ class TextToVideoModel(nnx.Module):
     def __call__(self, x, time, ids, mask, *, known=None, known_mask=None):
         """Noisy latents `[B, t, h, w, c]`, times `[B]`, token ids and mask `[B, L]`; known
         latent frames and their mask `[B, t]` for a frame-conditioned DiT."""
-        tokens, pooled = self.text(ids, mask)
+        return self.denoise(x, time, self.text(ids, mask), mask, known=known, known_mask=known_mask)
+
+    def denoise(self, x, time, encoded, mask, *, known=None, known_mask=None):
+        """The DiT on an already encoded caption, `encoded = self.text(ids, mask)`: training
+        encodes once and also reads `pooled` for the caption-attribute loss."""
+        tokens, pooled = encoded
         return self.dit(x, time, text=tokens, text_mask=mask, text_pooled=pooled, known=known, known_mask=known_mask)
 
 

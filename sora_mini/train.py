@@ -367,12 +367,12 @@ def make_dit_train_step(diffusion_config, tc: DiTTrainConfig):
             frames, weight = dict(known=z, known_mask=known), 1.0 - known  # the loss: frames to generate
 
         def loss_fn(model):
-            tokens, pooled = model.text(ids, mask)  # once: the denoiser and the attribute head share it
-            denoise = lambda x, t: model.dit(x, t, text=tokens, text_mask=mask, text_pooled=pooled, **frames)
-            loss, _ = diffusion.diffusion_loss(denoise, z, k_loss, diffusion_config, weight)
+            encoded = model.text(ids, mask)  # once: the denoiser and the attribute head share it
+            loss, _ = diffusion.diffusion_loss(lambda x, t: model.denoise(x, t, encoded, mask, **frames), z, k_loss,
+                                               diffusion_config, weight)
             metrics = {"loss": loss}
             if tc.caption_loss:
-                logits = model.text.attribute_head(pooled)  # [B, K]
+                logits = model.text.attribute_head(encoded[1])  # pooled [B, D] -> [B, K]
                 named = jnp.where(drop, 0.0, labels)  # the empty prompt names nothing
                 metrics["caption_loss"] = optax.sigmoid_binary_cross_entropy(logits, named).mean()
                 loss = loss + tc.caption_loss * metrics["caption_loss"]
