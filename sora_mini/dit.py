@@ -8,6 +8,7 @@ report builds on, in video form:
     time [B] --TimestepEmbedder--> [B, D] --+-- c [B, D]   (the adaLN condition)
     pooled text [B, Dt] --Linear-----------/  (or a class label, for the image DiT)
     tokens --depth x DiTBlock(c, text tokens)--> FinalLayer(c) --unpatchify--> [B, t, h, w, c_out]
+                                                (+ optional 3x3x3 output convolution, U-ViT)
 
 A DiTBlock (adaLN-Zero, plus PixArt-style cross-attention):
 
@@ -65,6 +66,12 @@ class DiTConfig:
     # edges. absolute_pos also adds a learned (zero-initialised) projection of the fixed
     # sin-cos table to the tokens, as Open-Sora 1.x adds absolute spatial positions.
     absolute_pos: bool = False
+    # U-ViT's output convolution (Bao et al. 2023): a Linear head draws each patch on its own,
+    # so an object that straddles patches is drawn in pieces that need not agree. With
+    # output_conv = F > 0 the head also emits F features per latent pixel, and a 3x3x3
+    # convolution over the unpatchified features (zero-initialised) adds what neighbouring
+    # pixels, across patch borders and frames, say to the output. 0: the DiT paper's head.
+    output_conv: int = 0
     # Efficiency.
     dtype: str = "float32"  # compute dtype ("bfloat16" on GPUs/TPUs); parameters stay float32
     scan_layers: bool = False  # one compiled block, scanned over depth: compile time independent of depth
@@ -82,6 +89,8 @@ class DiTConfig:
                              "must be even")
         if len(self.patch_size) != 3:
             raise ValueError(f"patch_size must be (pt, ph, pw), got {self.patch_size}")
+        if self.output_conv < 0:
+            raise ValueError(f"output_conv is a number of features (0: off), got {self.output_conv}")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
 
@@ -116,8 +125,10 @@ def _paper(hidden: int, depth: int, heads: int, patch: int) -> DiTConfig:
 
 
 DIT_PRESETS: dict[str, DiTConfig] = {
-    # Video presets the course trains. tiny: the tiny VAE's 9x8x8x8 latents -> 144 tokens.
-    "tiny": DiTConfig(in_channels=8, patch_size=(1, 2, 2), hidden_size=128, depth=4, num_heads=4, text_dim=128),
+    # Video presets the course trains. tiny: the tiny VAE's 9x8x8x8 latents -> 144 tokens;
+    # its small objects (6 px) are drawn across 8x8-pixel patches, so it has the output conv.
+    "tiny": DiTConfig(in_channels=8, patch_size=(1, 2, 2), hidden_size=128, depth=4, num_heads=4, text_dim=128,
+                      output_conv=32),
     # small: the small VAE's 5x8x8x16 latents of 64x64 clips, on a Colab GPU/TPU.
     "small": DiTConfig(in_channels=16, patch_size=(1, 2, 2), hidden_size=384, depth=12, num_heads=6, text_dim=256,
                        dtype="bfloat16"),
@@ -255,18 +266,33 @@ class DiTBlock(nnx.Module):
 
 
 class FinalLayer(nnx.Module):
-    """adaLN (shift, scale), then a Linear to the patch values; both zero-initialised."""
+    """adaLN (shift, scale), then a Linear to the patch values; both zero-initialised.
+    With `output_conv = F`, a second Linear gives F features per latent pixel and a 3x3x3
+    convolution of them (zero-initialised, so the model still starts at zero) is added
+    to the patch values: `[B, N, D] -> [B, t, h, w, c_out]`."""
 
     def __init__(self, c: DiTConfig, *, rngs: nnx.Rngs):
         dtype = jnp.dtype(c.dtype)
-        D = c.hidden_size
+        D, P = c.hidden_size, int(np.prod(c.patch_size))
+        self.patch_size = c.patch_size
         self.norm = nnx.LayerNorm(D, epsilon=1e-6, use_bias=False, use_scale=False, dtype=dtype, rngs=rngs)
         self.adaln = _linear(D, 2 * D, dtype, rngs, zero=True)
-        self.linear = _linear(D, int(np.prod(c.patch_size)) * c.out_channels, dtype, rngs, zero=True)
+        self.linear = _linear(D, P * c.out_channels, dtype, rngs, zero=True)
+        if c.output_conv:
+            self.features = _linear(D, P * c.output_conv, dtype, rngs)
+            self.conv = nnx.Conv(c.output_conv, c.out_channels, (3, 3, 3), padding="SAME", dtype=dtype,
+                                 kernel_init=nnx.initializers.zeros_init(), rngs=rngs)
+        else:
+            self.features = self.conv = None
 
-    def __call__(self, x, c):
+    def __call__(self, x, c, grid):
         shift, scale = jnp.split(self.adaln(nnx.silu(c)), 2, axis=-1)
-        return self.linear(adaln_modulate(self.norm(x), shift, scale))
+        h = adaln_modulate(self.norm(x), shift, scale)  # [B, N, D]
+        out = unpatchify(self.linear(h), self.patch_size, grid)  # [B, t, h, w, c_out]
+        if self.conv is not None:
+            features = unpatchify(self.features(h), self.patch_size, grid)  # [B, t, h, w, F]
+            out = out + self.conv(nnx.gelu(features, approximate=True))
+        return out
 
 
 class BlockGroup(nnx.Module):
@@ -397,8 +423,7 @@ class DiT(nnx.Module):
         else:
             for group in self.blocks:
                 tokens = run_group(group, tokens)
-        out = self.final(tokens, cond)  # [B, N, p^3 * out_channels]
-        return unpatchify(out, c.patch_size, grid).astype(jnp.float32)
+        return self.final(tokens, cond, grid).astype(jnp.float32)  # [B, t, h, w, out_channels]
 
 
 # ----------------------------------------------------------------------------------------
@@ -429,4 +454,5 @@ def gflops(config: DiTConfig, latent_shape, text_length: int = 72) -> float:
         if c.text_dim is not None:
             macs += 2 * N * D * D + text_length * c.text_dim * 2 * D + 2 * N * text_length * D
     macs += D * 2 * D + N * D * P * c.out_channels  # final layer
+    macs += N * D * P * c.output_conv + N * P * 27 * c.output_conv * c.out_channels  # output convolution
     return macs / 1e9

@@ -61,14 +61,16 @@ def init_from_pretrained(model: TextToVideoModel, path: str) -> dict:
 
 def copy_weights(source: TextToVideoModel, target: TextToVideoModel) -> None:
     """`target` takes `source`'s weights. The configs must agree except that `target` may
-    add `frame_conditioning`, `absolute_pos` or a text `attribute_head` (for the
-    caption-attribute loss; it keeps its fresh init), and starts as exactly the same function:
+    add `frame_conditioning`, `absolute_pos`, an `output_conv` or a text `attribute_head`
+    (for the caption-attribute loss; it keeps its fresh init), and starts as exactly the
+    same function:
     a text-to-video model grows into a frame-conditioned one by widening the patch
     embedding with zero rows for the new input channels (known frames, mask), as
     InstructPix2Pix widens Stable Diffusion; the absolute-position projection is
-    zero-initialised and stays so."""
+    zero-initialised and stays so, and so is the output convolution's kernel."""
     old, new = source.dit.config, target.dit.config
-    grown = old.replace(frame_conditioning=new.frame_conditioning, absolute_pos=new.absolute_pos)
+    grown = old.replace(frame_conditioning=new.frame_conditioning, absolute_pos=new.absolute_pos,
+                        output_conv=old.output_conv or new.output_conv)
     text_old, text_new = source.text.config, target.text.config
     if text_old.attribute_classes == 0:
         text_old = text_old.replace(attribute_classes=text_new.attribute_classes)
@@ -77,8 +79,9 @@ def copy_weights(source: TextToVideoModel, target: TextToVideoModel) -> None:
     if old.absolute_pos and not new.absolute_pos:
         raise ValueError("the source model has absolute positions; the target must have them too")
     if text_old != text_new or grown != new:
-        raise ValueError(f"cannot copy weights between different models (only frame_conditioning, absolute_pos and "
-                         f"an attribute head may be added): {source.text.config}, {old} -> {text_new}, {new}")
+        raise ValueError(f"cannot copy weights between different models (only frame_conditioning, absolute_pos, "
+                         f"output_conv and an attribute head may be added): {source.text.config}, {old} -> "
+                         f"{text_new}, {new}")
     params = nnx.state(source, nnx.Param)
     if old.input_channels != new.input_channels:  # rows are ordered (position in the patch, channel)
         kernel = params["dit"]["patch_embed"]["kernel"][...]  # [P * c_in, D]

@@ -129,10 +129,11 @@ def test_widening_a_text_to_video_model_keeps_its_function_exactly():
     # Away from the zero init (gates, final layer), so the comparison means something.
     nnx.update(source, jax.tree.map(lambda p: p + 0.03 * jnp.cos(jnp.arange(p.size).reshape(p.shape)),
                                     nnx.state(source, nnx.Param)))
-    # Grown by every thing copy_weights may add: known-frame inputs, absolute positions and
-    # the text encoder's attribute head (a training signal only: the output ignores it).
-    target = TextToVideoModel(TEXT.replace(attribute_classes=5), DIT.replace(frame_conditioning=True,
-                                                                             absolute_pos=True), rngs=nnx.Rngs(1))
+    # Grown by every thing copy_weights may add: known-frame inputs, absolute positions, the
+    # output convolution and the text encoder's attribute head (a training signal only: the
+    # output ignores it).
+    target = TextToVideoModel(TEXT.replace(attribute_classes=5),
+                              DIT.replace(frame_conditioning=True, absolute_pos=True, output_conv=4), rngs=nnx.Rngs(1))
     copy_weights(source, target)
     x = jax.random.normal(jax.random.key(0), SHAPE)
     ids, mask = Tokenizer.shapes_world(TEXT.max_length)(["a red circle", "two blue squares fall"])
@@ -153,7 +154,7 @@ def test_widening_a_text_to_video_model_keeps_its_function_exactly():
     kernel = target.dit.abs_pos.kernel
     kernel[...] = 0.05 * jnp.cos(jnp.arange(kernel.size)).reshape(kernel.shape)
     assert spread(target(flat, t, ids, mask)) > 1e-3
-    with pytest.raises(ValueError, match="only frame_conditioning, absolute_pos and an attribute head"):
+    with pytest.raises(ValueError, match="only frame_conditioning, absolute_pos, output_conv and an attribute head"):
         copy_weights(source, TextToVideoModel(TEXT, DIT.replace(depth=4), rngs=nnx.Rngs(0)))
 
 

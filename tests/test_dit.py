@@ -55,6 +55,25 @@ def test_adaln_zero_every_block_is_the_identity_and_the_output_is_zero():
             np.testing.assert_array_equal(block(tokens, cond, (3, 2, 2), None, text, mask), tokens)
 
 
+def test_output_convolution_starts_at_zero_and_reaches_across_patch_borders():
+    c = SMALL.replace(output_conv=6)
+    x, time, text, mask = _inputs()
+    assert float(jnp.abs(DiT(c, rngs=nnx.Rngs(0))(x, time, text=text, text_mask=mask)).max()) == 0.0
+    # The head alone, on a (3, 2, 2) grid of 2x2 patches (a 3x4x4 latent). Change token 4,
+    # the patch of frame 1 at rows 0-1, columns 0-1.
+    tokens = jax.random.normal(jax.random.key(2), (1, 12, 48))
+    changed = tokens.at[:, 4].set(jax.random.normal(jax.random.key(4), (48,)))
+    cond = jax.random.normal(jax.random.key(3), (1, 48))
+    for config, reach in ((SMALL, (slice(1, 2), slice(0, 2), slice(0, 2))),  # the Linear head: its patch only
+                          (c, (slice(0, 3), slice(0, 3), slice(0, 3)))):  # + 3x3x3 conv: one pixel further
+        head = _randomize(dit.FinalLayer(config, rngs=nnx.Rngs(0)))
+        diff = jnp.abs(head(changed, cond, (3, 2, 2)) - head(tokens, cond, (3, 2, 2))).sum(-1)[0]  # [3, 4, 4]
+        inside = np.zeros(diff.shape, bool)
+        inside[reach] = True
+        assert bool((diff[inside] > 1e-4).all()) and float(diff[~inside].max()) < 1e-6
+    assert gflops(c, (3, 4, 4, 4)) > gflops(SMALL, (3, 4, 4, 4))
+
+
 def test_text_padding_does_not_leak():
     model = _randomize(DiT(SMALL, rngs=nnx.Rngs(0)))
     x, time, text, mask = _inputs()
