@@ -125,10 +125,8 @@ def _paper(hidden: int, depth: int, heads: int, patch: int) -> DiTConfig:
 
 
 DIT_PRESETS: dict[str, DiTConfig] = {
-    # Video presets the course trains. tiny: the tiny VAE's 9x8x8x8 latents -> 144 tokens;
-    # its small objects (6 px) are drawn across 8x8-pixel patches, so it has the output conv.
-    "tiny": DiTConfig(in_channels=8, patch_size=(1, 2, 2), hidden_size=128, depth=4, num_heads=4, text_dim=128,
-                      output_conv=32),
+    # Video presets the course trains. tiny: the tiny VAE's 9x8x8x8 latents -> 144 tokens.
+    "tiny": DiTConfig(in_channels=8, patch_size=(1, 2, 2), hidden_size=128, depth=4, num_heads=4, text_dim=128),
     # small: the small VAE's 5x8x8x16 latents of 64x64 clips, on a Colab GPU/TPU.
     "small": DiTConfig(in_channels=16, patch_size=(1, 2, 2), hidden_size=384, depth=12, num_heads=6, text_dim=256,
                        dtype="bfloat16"),

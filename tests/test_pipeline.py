@@ -106,11 +106,13 @@ def test_train_dit_command_trains_and_exports(tmp_path):
     np.savez(tmp_path / "lat.npz", mean=mean, logvar=np.full_like(mean, -8.0),
              caption=np.asarray(["a red circle falls"] * 4))
     command = [sys.executable, "-m", "sora_mini", "train-dit", "--latents", str(tmp_path / "lat.npz"),
-               "--out", str(tmp_path / "run"), "--steps", "2", "--batch-size", "4", "--export", str(tmp_path / "model")]
+               "--out", str(tmp_path / "run"), "--steps", "2", "--batch-size", "4", "--export", str(tmp_path / "model"),
+               "--output-conv", "4"]
     res = subprocess.run(command + ["--vae", str(tmp_path / "vae")], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-3000:]
     manifest = json.loads((tmp_path / "model" / "dit" / "manifest.json").read_text())
     assert manifest["steps"] == 2 and "train-dit" in manifest["command"]
+    assert json.loads((tmp_path / "model" / "dit" / "config.json").read_text())["dit"]["output_conv"] == 4
     assert (tmp_path / "model" / "vae" / "config.json").exists()
     assert TextToVideo.from_pretrained(tmp_path / "model")("a red circle falls", num_frames=5, height=16, width=16,
                                                             steps=2).shape == (5, 16, 16, 3)
