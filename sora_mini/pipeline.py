@@ -63,11 +63,10 @@ def copy_weights(source: TextToVideoModel, target: TextToVideoModel) -> None:
     """`target` takes `source`'s weights. The configs must agree except that `target` may
     add `frame_conditioning`, `absolute_pos`, an `output_conv` or a text `attribute_head`
     (for the caption-attribute loss; it keeps its fresh init), and starts as exactly the
-    same function:
-    a text-to-video model grows into a frame-conditioned one by widening the patch
-    embedding with zero rows for the new input channels (known frames, mask), as
-    InstructPix2Pix widens Stable Diffusion; the absolute-position projection is
-    zero-initialised and stays so, and so is the output convolution's kernel."""
+    same function: a text-to-video model grows into a frame-conditioned one by widening the
+    patch embedding with zero rows for the new input channels (known frames, mask), as
+    InstructPix2Pix widens Stable Diffusion; the absolute-position projection and the
+    output convolution's kernel start at zero."""
     old, new = source.dit.config, target.dit.config
     grown = old.replace(frame_conditioning=new.frame_conditioning, absolute_pos=new.absolute_pos,
                         output_conv=old.output_conv or new.output_conv)
