@@ -45,6 +45,10 @@ class DiffusionConfig:
     logit_mean: float = 0.0
     logit_std: float = 1.0
     time_shift: float = 1.0  # > 1 moves training (and sampling) times toward noise
+    # Draw this fraction of training times without the shift: a mixture of the shifted and
+    # the plain logit-normal, so one run trains both the noisy band (layout, direction) and
+    # the middle band (shape). Sampling still uses `time_shift`'s grid.
+    unshifted_fraction: float = 0.0
 
     def __post_init__(self):
         if self.objective not in OBJECTIVES:
@@ -58,6 +62,9 @@ class DiffusionConfig:
             raise ValueError(f"time_sampling must be one of {TIME_SAMPLINGS}, got {self.time_sampling!r}")
         if self.time_shift <= 0:
             raise ValueError(f"time_shift must be positive, got {self.time_shift}")
+        if not 0.0 <= self.unshifted_fraction <= 1.0:
+            raise ValueError(f"unshifted_fraction is a fraction of training times in [0, 1], "
+                             f"got {self.unshifted_fraction}")
 
     def replace(self, **changes) -> DiffusionConfig:
         return dataclasses.replace(self, **changes)
@@ -155,11 +162,17 @@ def resolution_shift(num_tokens: int, base_tokens: int) -> float:
 
 
 def sample_time(key, batch: int, config: DiffusionConfig):
-    """Training times `[B]` in (0, 1)."""
+    """Training times `[B]` in (0, 1): each shifted by `time_shift`, except that with
+    `unshifted_fraction = f > 0` each is left unshifted with probability f."""
+    if config.unshifted_fraction > 0:
+        key, k_mix = jax.random.split(key)
     if config.time_sampling == "uniform":
         t = jax.random.uniform(key, (batch,), minval=1e-5, maxval=1.0 - 1e-5)
     else:  # logit-normal: sigmoid of a normal
         t = jax.nn.sigmoid(config.logit_mean + config.logit_std * jax.random.normal(key, (batch,)))
+    if config.unshifted_fraction > 0:
+        unshifted = jax.random.bernoulli(k_mix, config.unshifted_fraction, (batch,))
+        return jnp.where(unshifted, t, shift_time(t, config.time_shift))
     return shift_time(t, config.time_shift)
 
 

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from sora_mini.diffusion import (DiffusionConfig, add_noise, alpha_bar, diffusion_loss, predict_x0_eps,
-                                 resolution_shift, sample_time, shift_time, signal_noise, snr, target)
+                                 resolution_shift, sample_time, shift_time, signal_noise, snr, target,
+                                 unshift_time)
 
 CONFIGS = [DiffusionConfig(), DiffusionConfig("ddpm", "eps", "linear"), DiffusionConfig("ddpm", "v", "cosine"),
            DiffusionConfig("ddpm", "eps", "cosine", time_sampling="uniform")]
@@ -68,6 +69,24 @@ def test_time_sampling_and_shift():
     assert float(jnp.median(shifted)) == pytest.approx(0.75, abs=0.02)
     u = sample_time(jax.random.key(1), 20000, DiffusionConfig(time_sampling="uniform"))
     assert float(jnp.mean(u < 0.25)) == pytest.approx(0.25, abs=0.02)
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.5, 1.0])
+def test_unshifted_fraction_draws_the_mixture_of_both_logit_normals(fraction):
+    # CDF of the mixture: f * Phi(logit t) + (1 - f) * Phi(logit unshift(t)), the shifted
+    # draw being the plain one pushed through shift_time.
+    t = sample_time(jax.random.key(2), 40000, DiffusionConfig(time_shift=3.0, unshifted_fraction=fraction))
+    grid = jnp.array([0.1, 0.2, 0.4, 0.6, 0.8, 0.9])
+    logit = lambda u: jnp.log(u / (1 - u))
+    cdf = (fraction * jax.scipy.stats.norm.cdf(logit(grid))
+           + (1 - fraction) * jax.scipy.stats.norm.cdf(logit(unshift_time(grid, 3.0))))
+    empirical = jnp.mean(t[:, None] <= grid[None], axis=0)
+    np.testing.assert_allclose(empirical, cdf, atol=0.01)
+    if fraction == 0.0:  # the option off draws exactly what it drew before it existed
+        np.testing.assert_array_equal(t, shift_time(jax.nn.sigmoid(jax.random.normal(jax.random.key(2), (40000,))),
+                                                    3.0))
+    with pytest.raises(ValueError, match="unshifted_fraction is a fraction"):
+        DiffusionConfig(unshifted_fraction=1.5)
 
 
 def test_an_oracle_model_has_zero_loss():
