@@ -1,8 +1,10 @@
 """Text-to-video generation speed on this machine: compile time and seconds per video
 (17x32x32, 50 Euler steps with classifier-free guidance, VAE decoding included) for the
 tiny preset; then image-to-video (the same compiled program: no new compile), a
-49-frame long video (three overlapping windows), and classifier guidance (one more
-backward pass through the guidance classifier per step) when the model ships one. Uses
+49-frame long video (three overlapping windows), classifier guidance (one more
+backward pass through the guidance classifier per step) when the model ships one, and
+the main DiT alone when the model ships a low-noise expert (the default splits the steps
+between the two, each step running one of them). Uses
 the shipped model when present, else random weights of the same shapes (speed does not
 depend on the weights).
 
@@ -66,11 +68,17 @@ def main() -> None:
         classifier = {"classifier_guidance": pipe.classifier_guidance,
                       "classifier_guided_compile_s": round(first_guided - per_guided, 2),
                       "classifier_guided_seconds_per_video": round(per_guided, 3)}
+    experts = {}
+    if pipe.low_noise_model is not None:
+        first_alone, per_alone = timed(low_noise_below=0.0)
+        experts = {"low_noise_below": pipe.low_noise_below,
+                   "main_dit_alone_compile_s": round(first_alone - per_alone, 2),
+                   "main_dit_alone_seconds_per_video": round(per_alone, 3)}
     report({"backend": jax.default_backend(), "weights": weights, "video": [17, 32, 32], "sampler": args.sampler,
             "steps": args.steps, "guidance": args.guidance, "first_video_s_with_compile": round(first, 2),
             "compile_s": round(first - per_video, 2), "seconds_per_video": round(per_video, 3),
             "image_to_video_seconds": round(per_i2v, 3), "image_to_video_recompiled": i2v_recompiled,
-            "long_video_49_frames_s": round(long_s, 2), **classifier}, args.json)
+            "long_video_49_frames_s": round(long_s, 2), **classifier, **experts}, args.json)
 
 
 if __name__ == "__main__":

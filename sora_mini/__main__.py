@@ -103,7 +103,8 @@ def cmd_demo(args) -> None:
     model = pipeline.TextToVideo.from_pretrained(args.model)
     prompts = DEMO_PROMPTS[: args.n]
     videos = [model(p, seed=args.seed + i, steps=args.steps, guidance=args.guidance,
-                    classifier_guidance=args.classifier_guidance) for i, p in enumerate(prompts)]
+                    classifier_guidance=args.classifier_guidance, low_noise_below=args.low_noise_below)
+              for i, p in enumerate(prompts)]
     notes = []
     for v in videos:  # what the shapes-world detector reads back from each video
         found = evaluate.detect(v)
@@ -255,8 +256,9 @@ def cmd_train_dit(args) -> None:
         if os.path.exists(init_manifest):  # a fine-tune: record the stage it started from
             with open(init_manifest) as f:
                 extra["init"] = json.load(f)
-        pipeline.export_pretrained(args.out, args.export, args.vae, extra=extra)
-        print(f"exported the text-to-video model (EMA weights + VAE) to {args.export}")
+        pipeline.export_pretrained(args.out, args.export, args.vae, extra=extra, low_noise_below=args.low_noise_below)
+        print(f"exported the text-to-video model (EMA weights + VAE) to {args.export}" if args.low_noise_below is None
+              else f"exported the low-noise expert (t <= {args.low_noise_below:g}) to {args.export}/low_noise")
 
 
 # What one unit of each stage of `train-all` costs on the reference machine (this course's
@@ -325,7 +327,8 @@ def cmd_train_all(args) -> None:
         cmd_train_dit(argparse.Namespace(preset=args.preset, vae=vae_dir, latents=latents, steps=dit_steps,
                                          out=os.path.join(args.out, "dit"), batch_size=None, lr=None, export=export,
                                          time_shift=None, unshifted_fraction=None, frame_conditioning=None,
-                                         absolute_pos=None, caption_loss=None, output_conv=None, init=None))
+                                         absolute_pos=None, caption_loss=None, output_conv=None, init=None,
+                                         low_noise_below=None))
     print(f"done: python -m sora_mini generate \"a red circle moves to the right\" --model {export}")
 
 
@@ -347,12 +350,13 @@ def cmd_generate(args) -> None:
     if args.long:
         clip = model.long_video(args.prompt, args.frames, seed=args.seed, steps=args.steps, guidance=args.guidance,
                                 sampler=args.sampler, height=args.size, width=args.size,
-                                classifier_guidance=args.classifier_guidance)
+                                classifier_guidance=args.classifier_guidance, low_noise_below=args.low_noise_below)
     else:
         mask = None if args.mask is None else [c == "1" for c in args.mask]
         clip = model(args.prompt, seed=args.seed, steps=args.steps, guidance=args.guidance, sampler=args.sampler,
                      num_frames=args.frames, height=args.size, width=args.size, mode=args.mode, mask=mask,
-                     strength=args.strength, classifier_guidance=args.classifier_guidance, **frames_in)
+                     strength=args.strength, classifier_guidance=args.classifier_guidance,
+                     low_noise_below=args.low_noise_below, **frames_in)
     t2 = time.perf_counter()
     frames = video_lib.upscale(clip, args.scale) if args.scale > 1 else clip
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
@@ -444,7 +448,8 @@ def cmd_evaluate(args) -> None:
     t0 = time.perf_counter()
     sampling = dict(steps=args.steps, guidance=args.guidance, sampler=args.sampler,
                     classifier_guidance=model.classifier_guidance if args.classifier_guidance is None
-                    else args.classifier_guidance)
+                    else args.classifier_guidance,
+                    low_noise_below=model.low_noise_below if args.low_noise_below is None else args.low_noise_below)
     quiet = args.json
     generate = lambda prompt, seed: model(prompt, seed=seed, **sampling)
     result = {"adherence": evaluate.evaluate_adherence(generate, args.n, "test", vae=model.vae, progress=not quiet)}
@@ -462,7 +467,8 @@ def cmd_evaluate(args) -> None:
         print(json.dumps(result, indent=2))
         return
     print(f"prompt adherence on {args.n} test prompts (one moving object each; guidance {args.guidance}, "
-          f"classifier guidance {sampling['classifier_guidance']}):")
+          f"classifier guidance {sampling['classifier_guidance']}, low-noise expert below t = "
+          f"{sampling['low_noise_below']}):")
     print(f"{'':>24}{'model':>8}{'vae':>8}{'real':>8}{'chance':>8}")
     for key in [*evaluate.CHANCE, "extra_objects_rate"]:
         row = [result["adherence"][k].get(key, float("nan")) for k in ("model", "vae", "real", "chance")]
@@ -487,9 +493,11 @@ def main(argv=None) -> int:
                                      description="sora-mini: a small Sora-style text-to-video model in JAX.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def classifier_guidance_arg(p):
+    def guide_args(p):
         p.add_argument("--classifier-guidance", type=float, help="classifier guidance scale (default: the model's, "
                        "when it ships a guidance classifier; 0: off)")
+        p.add_argument("--low-noise-below", type=float, help="the time t at and below which the low-noise expert "
+                       "denoises (default: the model's, when it ships one; 0: the main model throughout)")
 
     def world_args(p):
         p.add_argument("--preset", default="tiny", choices=sorted(data_lib.SHAPES_WORLD_PRESETS),
@@ -512,7 +520,7 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--guidance", type=float, default=4.0)
-    classifier_guidance_arg(p)
+    guide_args(p)
     p.add_argument("--scale", type=int, default=4, help="upscale the written videos by this factor")
     p.set_defaults(func=cmd_demo)
 
@@ -567,6 +575,9 @@ def main(argv=None) -> int:
                    "preset's)")
     p.add_argument("--init", help="fine-tune from this pretrained text-to-video model (e.g. data/pretrained/tiny)")
     p.add_argument("--export", help="after training, write dit/ (EMA weights, manifest) and a copy of the VAE here")
+    p.add_argument("--low-noise-below", type=float,
+                   help="export as the low-noise expert of the model already in --export: it takes over sampling at "
+                   "times t at and below this (Wan 2.2's two experts)")
     p.set_defaults(func=cmd_train_dit)
 
     p = sub.add_parser("train-all", help="data, VAE, latent cache and DiT in one go, with a time estimate first")
@@ -590,7 +601,7 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--guidance", type=float, default=4.0, help="classifier-free guidance scale")
-    classifier_guidance_arg(p)
+    guide_args(p)
     p.add_argument("--sampler", default="euler", help="euler, heun, ddim or ddpm")
     p.add_argument("--frames", type=int, default=17)
     p.add_argument("--size", type=int, help="height and width (default: the given frames', or 32)")
@@ -630,7 +641,7 @@ def main(argv=None) -> int:
     p.add_argument("--n", type=int, default=128, help="number of prompts")
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--guidance", type=float, default=4.0)
-    classifier_guidance_arg(p)
+    guide_args(p)
     p.add_argument("--sampler", default="euler")
     p.add_argument("--classifier", default="data/pretrained/classifier", help="the video classifier FVD uses")
     p.add_argument("--splits", nargs="+", default=["test", "compositional"], help="splits for the world metrics")

@@ -96,12 +96,19 @@ def copy_weights(source: TextToVideoModel, target: TextToVideoModel) -> None:
 # `vae/`; `TextToVideo.from_pretrained` loads both and turns prompts into videos.
 
 
-def export_pretrained(run_dir: str, path: str, vae_path: str, *, extra: dict | None = None) -> dict:
+def export_pretrained(run_dir: str, path: str, vae_path: str, *, extra: dict | None = None,
+                      low_noise_below: float | None = None) -> dict:
     """Write `path/dit/` (config.json, the EMA weights as Orbax `params/`, manifest.json,
     log.jsonl) from a `train-dit` run, and copy the VAE it was trained with to `path/vae/`.
+    With `low_noise_below = T`, write `path/low_noise/` instead: the low-noise expert that
+    denoises at times `t <= T` for the model already in `path` (same VAE, same latents).
     Returns the manifest."""
     with open(os.path.join(run_dir, "train_config.json")) as f:
         settings = json.load(f)
+    name = "dit" if low_noise_below is None else "low_noise"
+    if low_noise_below is not None:
+        main = _read_config(os.path.join(path, "dit"))
+        _check_experts(main, settings, low_noise_below, latent_scale=settings["train"]["latent_scale"])
     model = _abstract_model(settings)
     ema_target = nnx.state(model, nnx.Param)
     manager = train.checkpoint_manager(os.path.join(run_dir, "checkpoints"), read_only=True)
@@ -115,29 +122,79 @@ def export_pretrained(run_dir: str, path: str, vae_path: str, *, extra: dict | N
     path = os.path.abspath(path)
     tmp = path + ".partial"
     shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(os.path.join(tmp, "dit"))
+    os.makedirs(os.path.join(tmp, name))
     config = {k: settings[k] for k in ("text", "dit", "diffusion")}
     config["latent_scale"] = settings["train"]["latent_scale"]
     # Shipped as float16, like the VAE: half the size, and sampling cannot tell the difference.
     config["weights_dtype"] = jnp.dtype(PRETRAINED_DTYPE).name
-    train._write_json(os.path.join(tmp, "dit", "config.json"), config)
+    if low_noise_below is not None:
+        config["low_noise_below"] = float(low_noise_below)
+    train._write_json(os.path.join(tmp, name, "config.json"), config)
     with ocp.StandardCheckpointer() as ckptr:
-        ckptr.save(os.path.join(tmp, "dit", "params"), jax.tree.map(lambda x: x.astype(PRETRAINED_DTYPE), ema))
+        ckptr.save(os.path.join(tmp, name, "params"), jax.tree.map(lambda x: x.astype(PRETRAINED_DTYPE), ema))
     # The log up to the checkpoint's step: a run stopped after its last save logged more.
     log = [row for row in train.read_log(run_dir) if row["step"] <= step]
-    with open(os.path.join(tmp, "dit", "log.jsonl"), "w") as f:
+    with open(os.path.join(tmp, name, "log.jsonl"), "w") as f:
         f.writelines(json.dumps(row) + "\n" for row in log)
     manifest = {"model": "TextToVideoModel (EMA weights)", "params": sum(x.size for x in jax.tree.leaves(ema)),
                 "steps": step, "wall_time_s": log[-1]["time"], "final_train_loss": log[-1]["loss"],
                 "train": settings["train"], **(extra or {})}
-    train._write_json(os.path.join(tmp, "dit", "manifest.json"), manifest)
-    shutil.copytree(vae_path, os.path.join(tmp, "vae"))
-    for name in ("dit", "vae"):  # replace piece by piece, each only once complete
-        shutil.rmtree(os.path.join(path, name), ignore_errors=True)
+    train._write_json(os.path.join(tmp, name, "manifest.json"), manifest)
+    pieces = [name]
+    if low_noise_below is None:
+        shutil.copytree(vae_path, os.path.join(tmp, "vae"))
+        pieces.append("vae")
+    for piece in pieces:  # replace piece by piece, each only once complete
+        shutil.rmtree(os.path.join(path, piece), ignore_errors=True)
         os.makedirs(path, exist_ok=True)
-        os.replace(os.path.join(tmp, name), os.path.join(path, name))
+        os.replace(os.path.join(tmp, piece), os.path.join(path, piece))
     shutil.rmtree(tmp, ignore_errors=True)
     return manifest
+
+
+def _read_config(directory: str) -> dict:
+    config_file = os.path.join(directory, "config.json")
+    if not os.path.exists(config_file):
+        raise FileNotFoundError(f"no pretrained text-to-video model at {os.path.dirname(directory)} (expected "
+                                f"{os.path.basename(directory)}/config.json and vae/): train one with "
+                                "`python -m sora_mini train-dit` and export it")
+    with open(config_file) as f:
+        return json.load(f)
+
+
+def _load_model(directory: str) -> tuple[TextToVideoModel, dict]:
+    """The text encoder and DiT exported to `directory` (`dit/` or `low_noise/`), in float32."""
+    settings = _read_config(directory)
+    model = _abstract_model(settings)
+    stored = jnp.dtype(settings.get("weights_dtype", "float32"))
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, stored), nnx.state(model, nnx.Param))
+    try:
+        with ocp.StandardCheckpointer() as ckptr:
+            params = ckptr.restore(os.path.join(directory, "params"), target)
+    except Exception as e:
+        raise ValueError(f"the DiT weights in {directory}/params are missing or corrupt "
+                         f"({type(e).__name__}: {str(e)[:200]})") from e
+    nnx.update(model, jax.tree.map(lambda x: x.astype(jnp.float32), params))
+    leftover = [x for x in jax.tree.leaves(nnx.state(model)) if isinstance(x, jax.ShapeDtypeStruct)]
+    if leftover:
+        raise ValueError(f"{len(leftover)} arrays of the model were not in {directory}/params")
+    return model, settings
+
+
+def _check_experts(main: dict, low: dict, low_noise_below: float, latent_scale: float) -> None:
+    """Two experts denoise one sampling path: the same latents (VAE, scale), the same
+    prediction on the same time axis, the same tokens."""
+    if not 0.0 <= low_noise_below <= 1.0:
+        raise ValueError(f"low_noise_below is a time in [0, 1], got {low_noise_below}")
+    same = {"latent_scale": (main["latent_scale"], latent_scale),
+            "latent channels": (main["dit"]["in_channels"], low["dit"]["in_channels"]),
+            "vocabulary": ((main["text"]["vocab_size"], main["text"]["max_length"]),
+                           (low["text"]["vocab_size"], low["text"]["max_length"]))}
+    for key in ("objective", "prediction", "schedule"):
+        same[f"diffusion {key}"] = (main["diffusion"][key], low["diffusion"][key])
+    differ = [f"{k}: {a!r} against {b!r}" for k, (a, b) in same.items() if a != b]
+    if differ:
+        raise ValueError(f"the low-noise expert does not fit the main model ({'; '.join(differ)})")
 
 
 def _configs(settings: dict):
@@ -157,64 +214,57 @@ class TextToVideo:
     classifier-free guidance, VAE decoding) is one jitted function per setting."""
 
     def __init__(self, vae, model: TextToVideoModel, diffusion_config, latent_scale: float, tokenizer=None,
-                 classifier=None, classifier_guidance: float = 0.0):
+                 classifier=None, classifier_guidance: float = 0.0, low_noise_model: TextToVideoModel | None = None,
+                 low_noise_below: float = 0.0):
         """`classifier`: a `guidance.LatentClassifier` of this model's noisy latents, and
-        `classifier_guidance` the scale a call uses unless it passes its own (0: none)."""
+        `classifier_guidance` the scale a call uses unless it passes its own (0: none).
+        `low_noise_model`: a second `TextToVideoModel` that takes over from `model` at times
+        `t <= low_noise_below` (a call may pass its own; 0: `model` throughout)."""
         self.vae, self.model, self.diffusion = vae, model, diffusion_config
         self.latent_scale = float(latent_scale)
         self.tokenizer = tokenizer or Tokenizer.shapes_world(model.text.config.max_length)
         self.classifier, self.classifier_guidance = classifier, float(classifier_guidance)
+        self.low_noise_model, self.low_noise_below = low_noise_model, float(low_noise_below)
         self._compiled = {}
 
     @classmethod
     def from_pretrained(cls, path) -> TextToVideo:
         path = os.path.abspath(os.fspath(path))
-        config_file = os.path.join(path, "dit", "config.json")
-        if not os.path.exists(config_file):
-            raise FileNotFoundError(f"no pretrained text-to-video model at {path} (expected dit/config.json and vae/): "
-                                    "train one with `python -m sora_mini train-dit` and export it")
-        with open(config_file) as f:
-            settings = json.load(f)
-        model = _abstract_model(settings)
-        stored = jnp.dtype(settings.get("weights_dtype", "float32"))
-        target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, stored), nnx.state(model, nnx.Param))
-        try:
-            with ocp.StandardCheckpointer() as ckptr:
-                params = ckptr.restore(os.path.join(path, "dit", "params"), target)
-        except Exception as e:
-            raise ValueError(f"the DiT weights in {path}/dit/params are missing or corrupt "
-                             f"({type(e).__name__}: {str(e)[:200]})") from e
-        nnx.update(model, jax.tree.map(lambda x: x.astype(jnp.float32), params))
-        leftover = [x for x in jax.tree.leaves(nnx.state(model)) if isinstance(x, jax.ShapeDtypeStruct)]
-        if leftover:
-            raise ValueError(f"{len(leftover)} arrays of the model were not in {path}/dit/params")
+        model, settings = _load_model(os.path.join(path, "dit"))
         _, _, diffusion = _configs(settings)
+        low, below = None, 0.0
+        if os.path.exists(os.path.join(path, "low_noise", "config.json")):  # optional: a low-noise expert
+            low, low_settings = _load_model(os.path.join(path, "low_noise"))
+            below = low_settings["low_noise_below"]
+            _check_experts(settings, low_settings, below, low_settings["latent_scale"])
         classifier, scale = None, 0.0
         if os.path.exists(os.path.join(path, "guidance", "config.json")):  # optional: classifier guidance
             classifier = guidance_lib.load_latent_classifier(os.path.join(path, "guidance"))
             with open(os.path.join(path, "guidance", "manifest.json")) as f:
                 scale = json.load(f).get("classifier_guidance", 0.0)
         return cls(VideoVAE.from_pretrained(os.path.join(path, "vae")), model, diffusion, settings["latent_scale"],
-                   classifier=classifier, classifier_guidance=scale)
+                   classifier=classifier, classifier_guidance=scale, low_noise_model=low, low_noise_below=below)
 
     # ------------------------------------------------------------------------------------
     # Sampling. One compiled program per (latent shape, sampler, steps, guidance mode,
-    # editing or not, classifier guidance or not); the guidance scales, the classifier's
-    # labels, the known frames, their mask and the editing strength are traced inputs, so
-    # text-to-video, image-to-video, extension and interpolation all run the same program.
+    # editing or not, classifier guidance or not, one expert or two); the guidance scales,
+    # the classifier's labels, the known frames, their mask, the editing strength and the
+    # experts' switching time are traced inputs, so text-to-video, image-to-video,
+    # extension and interpolation all run the same program.
 
-    def _sampler(self, shape, sampler, steps, guided_mode, editing: bool = False, classify: bool = False):
+    def _sampler(self, shape, sampler, steps, guided_mode, editing: bool = False, classify: bool = False,
+                 experts: bool = False):
         """`guided_mode`: `None` (no guidance), `1.0` (the conditional model alone) or
         `"scale"` (any other scale, passed in as a traced number). `classify`: add
-        classifier guidance (`self.classifier`, labels and scale traced)."""
-        key = (shape, sampler, steps, guided_mode, editing, classify)
+        classifier guidance (`self.classifier`, labels and scale traced). `experts`:
+        `low_noise_model` denoises at `t <= below` (traced)."""
+        key = (shape, sampler, steps, guided_mode, editing, classify, experts)
         if key not in self._compiled:
             cfg = self.diffusion
-            reads_frames = self.model.dit.config.frame_conditioning
 
             @nnx.jit
-            def run(model, classifier, ids, mask, empty_ids, noise, rng, scale, known, known_mask, start, t_start,
-                    labels, classifier_scale):
+            def run(model, low, below, classifier, ids, mask, empty_ids, noise, rng, scale, known, known_mask, start,
+                    t_start, labels, classifier_scale):
                 guidance = scale if guided_mode == "scale" else guided_mode
                 if guidance is None or guided_mode == 1.0:
                     text_ids, text_mask = ids, mask
@@ -225,8 +275,16 @@ class TextToVideo:
 
                 def model_fn(x, t):
                     n = x.shape[0]
-                    extra = dict(known=frames[0][:n], known_mask=frames[1][:n]) if reads_frames else {}
-                    return model(x, t, text_ids[:n], text_mask[:n], **extra)
+
+                    def denoise(expert):
+                        reads = expert.dit.config.frame_conditioning
+                        extra = dict(known=frames[0][:n], known_mask=frames[1][:n]) if reads else {}
+                        return lambda: expert(x, t, text_ids[:n], text_mask[:n], **extra)
+
+                    if not experts:
+                        return denoise(model)()
+                    # Every sampler step has one time for the whole batch; only one expert runs.
+                    return jax.lax.cond(jnp.reshape(t, (-1,))[0] > below, denoise(model), denoise(low))
 
                 grad = guidance_lib.classifier_grad_fn(classifier, labels) if classify else None
                 return sample(model_fn, noise, config=cfg, sampler=sampler, steps=steps, guidance=guidance, key=rng,
@@ -302,7 +360,7 @@ class TextToVideo:
     def __call__(self, prompt: str, *, seed: int = 0, steps: int = 50, guidance: float | None = 4.0,
                  sampler: str = "euler", num_frames: int = 17, height: int | None = None, width: int | None = None,
                  image=None, video=None, mode: str | None = None, end=None, mask=None, strength: float | None = None,
-                 classifier_guidance: float | None = None):
+                 classifier_guidance: float | None = None, low_noise_below: float | None = None):
         """A `uint8 [num_frames, H, W, 3]` video of `prompt`.
 
         - text to video: the prompt alone.
@@ -315,7 +373,9 @@ class TextToVideo:
         - editing (SDEdit): `video=` with `strength=` in [0, 1]: how far toward noise the
           video is pushed before it is denoised under the prompt; 0 returns it unchanged.
         Height and width default to the given frames' size, or 32. `classifier_guidance`:
-        the classifier guidance scale (default: the model's `classifier_guidance`; 0: off)."""
+        the classifier guidance scale (default: the model's `classifier_guidance`; 0: off).
+        `low_noise_below`: the time at and below which the low-noise expert denoises
+        (default: the model's `low_noise_below`; 0: the main model throughout)."""
         if not isinstance(prompt, str) or not prompt.strip():
             raise ValueError("the prompt is empty: describe a video, e.g. 'a red circle moves to the right' "
                              "(the empty prompt is reserved for classifier-free guidance)")
@@ -346,7 +406,9 @@ class TextToVideo:
         height, width = height or 32, width or 32
         check_video_shape(self.vae.config, num_frames, height, width)
         latent = self.vae.config.latent_shape(num_frames, height, width)
-        patch_grid(latent, self.model.dit.config.patch_size)
+        for expert in (self.model, self.low_noise_model):
+            if expert is not None:
+                patch_grid(latent, expert.dit.config.patch_size)
         for name, frames in (("image", image), ("video", video), ("end", end)):
             if frames is not None and np.ndim(frames) >= 3 and np.shape(frames)[-3:-1] != (height, width):
                 raise ValueError(f"{name} is {np.shape(frames)[-3]}x{np.shape(frames)[-2]}, the video {height}x{width}")
@@ -362,7 +424,7 @@ class TextToVideo:
             known, known_mask = self.conditioning(num_frames, height, width, image=image, video=video, mode=mode,
                                                   end=end if mode != "extend_backward" else None, mask=mask)
         z = self._sample_latent(prompt, latent, seed, steps, guidance, sampler, known, known_mask, start,
-                                strength if mode == "edit" else None, classifier_guidance)
+                                strength if mode == "edit" else None, classifier_guidance, low_noise_below)
         return self.decode(z)
 
     def _classifier_scale(self, classifier_guidance, latent) -> float:
@@ -383,26 +445,40 @@ class TextToVideo:
                              f"{latent[1]}x{latent[2]}: pass classifier_guidance=0 for this size")
         return scale
 
+    def _low_noise_below(self, low_noise_below) -> float:
+        if low_noise_below is None:
+            return self.low_noise_below
+        below = float(low_noise_below)
+        if not 0.0 <= below <= 1.0:
+            raise ValueError(f"low_noise_below is a time in [0, 1] (0: the main model throughout), got "
+                             f"{low_noise_below!r}")
+        if below > 0 and self.low_noise_model is None:
+            raise ValueError("low_noise_below needs a low-noise expert: this model has none (export one with "
+                             "`python -m sora_mini train-dit ... --export <model> --low-noise-below T`)")
+        return below
+
     def _sample_latent(self, prompt, latent, seed, steps, guidance, sampler, known, known_mask, start=None,
-                       strength=None, classifier_guidance=None):
+                       strength=None, classifier_guidance=None, low_noise_below=None):
         ids, mask = self.tokenizer([prompt], on_overflow="warn")
         empty_ids = self.tokenizer("")[0]
         k_noise, k_sample = jax.random.split(jax.random.key(seed))
         noise = jax.random.normal(k_noise, (1, *latent))
         mode = None if guidance is None else 1.0 if float(guidance) == 1.0 else "scale"
         classifier_scale = self._classifier_scale(classifier_guidance, latent)
+        below = self._low_noise_below(low_noise_below)
         run = self._sampler(tuple(latent), sampler, steps, mode, editing=strength is not None,
-                            classify=classifier_scale > 0)
+                            classify=classifier_scale > 0, experts=below > 0)
         scale = jnp.float32(1.0 if guidance is None else guidance)
         start = jnp.zeros(latent) if start is None else start
         labels = guidance_lib.caption_labels([prompt])  # what the prompt names: float32 [1, classes] per head
-        return run(self.model, self.classifier if classifier_scale > 0 else None, ids, mask, empty_ids, noise,
-                   k_sample, scale, jnp.asarray(known)[None], jnp.asarray(known_mask, jnp.float32)[None],
-                   jnp.asarray(start)[None], jnp.float32(strength or 1.0), labels, jnp.float32(classifier_scale))[0]
+        return run(self.model, self.low_noise_model if below > 0 else None, jnp.float32(below),
+                   self.classifier if classifier_scale > 0 else None, ids, mask, empty_ids, noise, k_sample, scale,
+                   jnp.asarray(known)[None], jnp.asarray(known_mask, jnp.float32)[None], jnp.asarray(start)[None],
+                   jnp.float32(strength or 1.0), labels, jnp.float32(classifier_scale))[0]
 
     def long_video(self, prompt: str, num_frames: int, *, overlap: int = 3, window_frames: int = 17, seed: int = 0,
                    steps: int = 50, guidance: float | None = 4.0, sampler: str = "euler", height: int = 32,
-                   width: int = 32, classifier_guidance: float | None = None):
+                   width: int = 32, classifier_guidance: float | None = None, low_noise_below: float | None = None):
         """A video longer than the model was trained on: the first window from the prompt,
         then windows that each start from the last frames made so far (extension in
         overlapping windows of `window_frames`, `overlap` of whose latent frames are known).
@@ -418,15 +494,15 @@ class TextToVideo:
             raise ValueError(f"overlap must lie in 1..{window[0] - 1} latent frames, got {overlap}")
         context = 1 + self.vae.config.temporal_down * (overlap - 1)  # pixel frames of `overlap` latents
         mask = (np.arange(window[0]) < overlap).astype(np.float32)
+        guides = dict(classifier_guidance=classifier_guidance, low_noise_below=low_noise_below)
         z = self._sample_latent(prompt, window, seed, steps, guidance, sampler, jnp.zeros(window), np.zeros_like(mask),
-                                classifier_guidance=classifier_guidance)
+                                **guides)
         frames = self.decode(z)  # [window_frames, H, W, 3]
         video, i = [frames], 0
         while sum(map(len, video)) < num_frames:
             i += 1
             known = jnp.zeros(window).at[:overlap].set(self.encode(frames[-context:]))
-            z = self._sample_latent(prompt, window, seed + i, steps, guidance, sampler, known, mask,
-                                    classifier_guidance=classifier_guidance)
+            z = self._sample_latent(prompt, window, seed + i, steps, guidance, sampler, known, mask, **guides)
             frames = self.decode(z)
             video.append(frames[context:])
         return np.concatenate(video)[:num_frames]

@@ -183,11 +183,16 @@ def _steps_before(out_dir: str) -> int:
 def _check_run_settings(out_dir: str, run: dict, defaults: dict | None = None) -> str:
     """Refuse to resume a run made with other settings (it would fail deep inside Orbax,
     or worse, not fail); returns the path of `train_config.json`, written by the caller
-    once the run has started."""
+    once the run has started. `defaults`: the values of settings (or of fields of a
+    settings dict) added since older runs were saved."""
     config_path = os.path.join(out_dir, "train_config.json")
     if os.path.exists(config_path):
         with open(config_path) as f:
-            previous = {**(defaults or {}), **json.load(f)}
+            saved = json.load(f)
+        previous = {**(defaults or {}), **saved}
+        for part, fields in (defaults or {}).items():
+            if isinstance(fields, dict) and isinstance(saved.get(part), dict):
+                previous[part] = {**fields, **saved[part]}
         if previous != run:
             changed = []
             for part in [*run, *(k for k in previous if k not in run)]:
@@ -430,7 +435,8 @@ def train_dit(model, latents: dict, tc: DiTTrainConfig, out_dir: str, diffusion_
     os.makedirs(out_dir, exist_ok=True)
     run = json.loads(json.dumps({"train": dataclasses.asdict(tc), "diffusion": dataclasses.asdict(diffusion_config),
                                  "clips": n, **(settings or {})}))
-    config_path = _check_run_settings(out_dir, run)
+    config_path = _check_run_settings(out_dir, run, defaults={
+        "diffusion": dataclasses.asdict(diffusion.DiffusionConfig()), "train": dataclasses.asdict(DiTTrainConfig())})
     optimizer = nnx.Optimizer(model, make_optimizer(tc), wrt=nnx.Param)
     ema = jax.tree.map(jnp.copy, nnx.state(model, nnx.Param))
     manager = checkpoint_manager(os.path.join(out_dir, "checkpoints"), tc)

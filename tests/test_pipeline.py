@@ -1,5 +1,6 @@
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -77,6 +78,53 @@ def test_bad_requests_get_clear_errors(exported, tmp_path):
         TextToVideo.from_pretrained(tmp_path)
 
 
+def test_a_low_noise_expert_takes_over_at_and_below_its_time(exported, tmp_path):
+    # A second model, of another architecture, exported as the first one's low-noise expert
+    # (Wan 2.2, eDiff-I): the main model denoises while t > low_noise_below, the expert after.
+    root = exported[0]
+    shutil.copytree(root / "model", tmp_path / "model")
+    cache = {"mean": np.random.default_rng(5).normal(size=(8, 3, 8, 8, 4)).astype(np.float32)}
+    cache |= {"logvar": np.full_like(cache["mean"], -8.0), "caption": np.asarray(["a red circle moves left"] * 8)}
+    low_dit = DIT.replace(output_conv=4)
+    tc = train.DiTTrainConfig(steps=3, batch_size=4, warmup_steps=1, save_every=3, log_every=1, latent_scale=0.9,
+                              learning_rate=3e-2)
+    settings = {"text": TEXT.__dict__ | {}, "dit": {**low_dit.__dict__, "patch_size": list(low_dit.patch_size)}}
+    train.train_dit(TextToVideoModel(TEXT, low_dit, rngs=nnx.Rngs(1)), cache, tc, str(tmp_path / "run"),
+                    progress=False, settings=settings)
+    export_pretrained(str(tmp_path / "run"), str(tmp_path / "model"), str(root / "vae"), low_noise_below=0.5)
+    assert sorted(os.listdir(tmp_path / "model")) == ["dit", "low_noise", "vae"]
+    pipe = TextToVideo.from_pretrained(tmp_path / "model")
+    assert pipe.low_noise_below == 0.5 and pipe.low_noise_model.dit.config.output_conv == 4
+    main = TextToVideo.from_pretrained(root / "model")
+    low = TextToVideo(pipe.vae, pipe.low_noise_model, pipe.diffusion, pipe.latent_scale)
+    prompt, kw = "a red circle moves to the right", dict(num_frames=5, height=16, width=16, steps=4, seed=3)
+    np.testing.assert_array_equal(pipe(prompt, low_noise_below=0.0, **kw), main(prompt, **kw))
+    only_low = pipe(prompt, low_noise_below=1.0, **kw)
+    assert np.abs(only_low.astype(int) - low(prompt, **kw)).max() <= 1  # another program, the same sums
+    # Four Euler steps at shift 3 evaluate the model at t = 1, 0.9, 0.75 and 0.5.
+    both = pipe(prompt, **kw)
+    np.testing.assert_array_equal(both, pipe(prompt, low_noise_below=0.6, **kw))  # no step in (0.5, 0.6]
+    assert not np.array_equal(both, pipe(prompt, low_noise_below=0.8, **kw))  # 0.75 changes hands
+    for other in (main(prompt, **kw), only_low):
+        assert not np.array_equal(both, other)
+    compiled = len(pipe._compiled)
+    pipe(prompt, low_noise_below=0.3, **kw)
+    assert len(pipe._compiled) == compiled  # the switching time is an input, not a recompile
+    with pytest.raises(ValueError, match=r"low_noise_below is a time in \[0, 1\]"):
+        pipe(prompt, low_noise_below=1.5, **kw)
+    with pytest.raises(ValueError, match="needs a low-noise expert"):
+        main(prompt, low_noise_below=0.5, **kw)
+    with pytest.raises(FileNotFoundError, match="no pretrained text-to-video model"):
+        export_pretrained(str(tmp_path / "run"), str(tmp_path / "nothing"), str(root / "vae"), low_noise_below=0.5)
+    config = json.loads((tmp_path / "model" / "dit" / "config.json").read_text())
+    (tmp_path / "model" / "dit" / "config.json").write_text(json.dumps(config | {"latent_scale": 0.5}))
+    with pytest.raises(ValueError, match="does not fit the main model .latent_scale: 0.5 against 0.9"):
+        export_pretrained(str(tmp_path / "run"), str(tmp_path / "model"), str(root / "vae"), low_noise_below=0.5)
+    assert json.loads((tmp_path / "model" / "low_noise" / "config.json").read_text())["low_noise_below"] == 0.5
+    with pytest.raises(ValueError, match="does not fit the main model"):  # the refused export changed nothing
+        TextToVideo.from_pretrained(tmp_path / "model")
+
+
 def test_generate_command_writes_an_mp4(exported, tmp_path):
     out = tmp_path / "v.mp4"
     res = subprocess.run([sys.executable, "-m", "sora_mini", "generate", "a red circle moves to the right",
@@ -116,6 +164,11 @@ def test_train_dit_command_trains_and_exports(tmp_path):
     assert (tmp_path / "model" / "vae" / "config.json").exists()
     assert TextToVideo.from_pretrained(tmp_path / "model")("a red circle falls", num_frames=5, height=16, width=16,
                                                             steps=2).shape == (5, 16, 16, 3)
+    # The finished run again (it resumes at its last step) exported as the model's low-noise expert.
+    res = subprocess.run(command + ["--vae", str(tmp_path / "vae"), "--low-noise-below", "0.4"], capture_output=True,
+                         text=True)
+    assert res.returncode == 0 and "low-noise expert (t <= 0.4)" in res.stdout, res.stderr[-3000:]
+    assert TextToVideo.from_pretrained(tmp_path / "model").low_noise_below == 0.4
     export_vae(VideoVAE(VAE, rngs=nnx.Rngs(0)), str(tmp_path / "vae4"), world=world, eval_clips=2)
     res = subprocess.run(command + ["--vae", str(tmp_path / "vae4"), "--out", str(tmp_path / "run4")],
                          capture_output=True, text=True)
@@ -132,11 +185,13 @@ def _cli(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "sora_mini", *args], capture_output=True, text=True, cwd=cwd)
 
 
-def test_shipped_model_was_trained_by_the_documented_commands():
-    manifest = json.loads(open(os.path.join(SHIPPED, "dit", "manifest.json")).read())
+@pytest.mark.parametrize("expert", ["dit", "low_noise"])
+def test_shipped_model_was_trained_by_the_documented_commands(expert):
+    manifest = json.loads(open(os.path.join(SHIPPED, expert, "manifest.json")).read())
     assert manifest["command"].startswith("python -m sora_mini train-dit --preset tiny")
+    assert ("--low-noise-below" in manifest["command"]) == (expert == "low_noise")
     assert manifest["steps"] == manifest["train"]["steps"] and manifest["wall_time_s"] > 0
-    log = train.read_log(os.path.join(SHIPPED, "dit"))
+    log = train.read_log(os.path.join(SHIPPED, expert))
     assert log[-1]["step"] == manifest["steps"]
     first = manifest
     while "init" in first:  # a fine-tune: the stage it started from is recorded, back to a from-scratch run

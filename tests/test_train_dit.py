@@ -56,6 +56,17 @@ def test_kill_and_resume_equals_an_uninterrupted_run(tmp_path):
     assert [r["step"] for r in train.read_log(str(tmp_path / "b"))] == list(range(1, 7))
     with pytest.raises(ValueError, match="different settings"):
         train.train_dit(_model(), _cache(), _tc(learning_rate=1e-3), str(tmp_path / "b"), progress=False)
+    # A run saved before a setting existed resumes when the setting takes its default, and
+    # not when it does not.
+    config_file = tmp_path / "b" / "train_config.json"
+    saved = json.loads(config_file.read_text())
+    del saved["diffusion"]["unshifted_fraction"]
+    config_file.write_text(json.dumps(saved))
+    train.train_dit(_model(), _cache(), _tc(), str(tmp_path / "b"), progress=False)
+    config_file.write_text(json.dumps(saved))
+    with pytest.raises(ValueError, match=r"diffusion.unshifted_fraction: None -> 0.5"):
+        train.train_dit(_model(), _cache(), _tc(), str(tmp_path / "b"),
+                        diffusion.DiffusionConfig(unshifted_fraction=0.5), progress=False)
 
 
 def test_a_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
