@@ -64,7 +64,7 @@ def test_kill_and_resume_equals_an_uninterrupted_run(tmp_path):
     config_file.write_text(json.dumps(saved))
     train.train_dit(_model(), _cache(), _tc(), str(tmp_path / "b"), progress=False)
     config_file.write_text(json.dumps(saved))
-    with pytest.raises(ValueError, match=r"diffusion.unshifted_fraction: None -> 0.5"):
+    with pytest.raises(ValueError, match=r"diffusion.unshifted_fraction: 0.0 -> 0.5"):
         train.train_dit(_model(), _cache(), _tc(), str(tmp_path / "b"),
                         diffusion.DiffusionConfig(unshifted_fraction=0.5), progress=False)
 
