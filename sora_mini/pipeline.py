@@ -273,18 +273,22 @@ class TextToVideo:
                     text_mask = text_ids != PAD_ID
                 frames = jnp.concatenate([known, known]), jnp.concatenate([known_mask, known_mask])
 
-                def model_fn(x, t):
-                    n = x.shape[0]
+                def denoiser(expert):
+                    # model_fn(x, t) of one expert; its text encoder runs once, outside the sampler loop.
+                    tokens, pooled = expert.text(text_ids, text_mask)
+                    reads = expert.dit.config.frame_conditioning
 
-                    def denoise(expert):
-                        reads = expert.dit.config.frame_conditioning
+                    def fn(x, t):
+                        n = x.shape[0]  # the prompts alone, or the guided batch [prompts; empty prompt]
                         extra = dict(known=frames[0][:n], known_mask=frames[1][:n]) if reads else {}
-                        return lambda: expert(x, t, text_ids[:n], text_mask[:n], **extra)
+                        return expert.denoise(x, t, (tokens[:n], pooled[:n]), text_mask[:n], **extra)
 
-                    if not experts:
-                        return denoise(model)()
-                    # Every sampler step has one time for the whole batch; only one expert runs.
-                    return jax.lax.cond(jnp.reshape(t, (-1,))[0] > below, denoise(model), denoise(low))
+                    return fn
+
+                model_fn = denoiser(model)
+                if experts:  # every sampler step has one time for the whole batch: only one expert runs
+                    high_fn, low_fn = model_fn, denoiser(low)
+                    model_fn = lambda x, t: jax.lax.cond(jnp.reshape(t, (-1,))[0] > below, high_fn, low_fn, x, t)
 
                 grad = guidance_lib.classifier_grad_fn(classifier, labels) if classify else None
                 return sample(model_fn, noise, config=cfg, sampler=sampler, steps=steps, guidance=guidance, key=rng,
