@@ -176,7 +176,8 @@ DIT_TRAIN_PRESETS = {
     # model has both: this recipe while t > 0.5, the unshifted run as its low-noise expert after
     # (train-dit --time-shift 1 --output-conv 32 --low-noise-below 0.5; 256 prompts: 0.72, 0.79).
     "tiny": dict(text="tiny", steps=6000, batch_size=32, learning_rate=1e-3, frame_conditioning=True, time_shift=3.0,
-                 unshifted_fraction=0.0, absolute_pos=True, caption_loss=1.0),
+                 unshifted_fraction=0.0, absolute_pos=True, caption_loss=1.0,
+                 low_noise_expert=dict(time_shift=1.0, output_conv=32, below=0.5)),
     "small": dict(text="small", steps=50000, batch_size=64, learning_rate=2e-4, frame_conditioning=True,
                   time_shift=3.0, unshifted_fraction=0.0, absolute_pos=True, caption_loss=1.0),
 }
@@ -268,7 +269,8 @@ def cmd_train_dit(args) -> None:
 # 2-core CPU, whose float32 matmul peaks near REFERENCE_GFLOPS), measured by the
 # benchmarks and the shipped runs. The estimate scales them by a quick matmul probe.
 REFERENCE_GFLOPS = 470.0
-TRAIN_ALL_COSTS = {"tiny": {"build_data_s": 40.0, "vae_step_s": 0.10, "encode_clip_s": 1 / 126, "dit_step_s": 0.45}}
+TRAIN_ALL_COSTS = {"tiny": {"build_data_s": 40.0, "vae_step_s": 0.10, "encode_clip_s": 1 / 126, "dit_step_s": 0.45,
+                            "expert_step_s": 0.53}}
 
 
 def _exported(path: str, steps: int) -> bool:
@@ -283,13 +285,15 @@ def _exported(path: str, steps: int) -> bool:
 
 
 def cmd_train_all(args) -> None:
-    """Shapes world -> VAE -> latent cache -> DiT -> a model `generate` and `demo` can use.
-    Every stage resumes or is skipped when its output exists, so rerunning continues."""
+    """Shapes world -> VAE -> latent cache -> DiT (-> its low-noise expert, where the preset
+    has one) -> a model `generate` and `demo` can use. Every stage resumes or is skipped when
+    its output exists, so rerunning continues."""
     from sora_mini import train
 
     vae_steps = args.vae_steps or VAE_TRAIN_PRESETS[args.preset]["steps"]
     dit_steps = args.dit_steps or DIT_TRAIN_PRESETS[args.preset]["steps"]
     export = args.export or os.path.join(args.out, "pretrained")
+    expert = DIT_TRAIN_PRESETS[args.preset].get("low_noise_expert") if args.low_noise_expert else None
     world = data_lib.SHAPES_WORLD_PRESETS[VAE_TRAIN_PRESETS[args.preset]["world"]]
     has_data = os.path.exists(os.path.join(args.data, "shapes_world_config.json"))
     if has_data:
@@ -304,14 +308,17 @@ def cmd_train_all(args) -> None:
                   (f"train the VAE, {vae_steps} steps", vae_steps * c["vae_step_s"]),
                   (f"encode {clips} clips to latents", clips * c["encode_clip_s"]),
                   (f"train the DiT, {dit_steps} steps", dit_steps * c["dit_step_s"])]
+        if expert:
+            stages.append((f"train its low-noise expert, {dit_steps} steps", dit_steps * c["expert_step_s"]))
         print(f"train-all --preset {args.preset}: this machine does {gflops:.0f} GFLOP/s on a float32 matmul (the "
               f"reference CPU {REFERENCE_GFLOPS:.0f}); estimated time (finished stages are skipped):")
         for name, seconds in stages:
-            print(f"  {name:<36} {seconds * scale / 60:6.1f} min")
-        print(f"  {'total':<36} {sum(s for _, s in stages) * scale / 60:6.1f} min\n", flush=True)
+            print(f"  {name:<40} {seconds * scale / 60:6.1f} min")
+        print(f"  {'total':<40} {sum(s for _, s in stages) * scale / 60:6.1f} min\n", flush=True)
     else:
         print(f"train-all --preset {args.preset}: no timing measured for this preset (it is sized for a GPU/TPU); "
-              f"{vae_steps} VAE steps and {dit_steps} DiT steps\n", flush=True)
+              f"{vae_steps} VAE steps and {dit_steps} DiT steps{' (twice: two experts)' if expert else ''}\n",
+              flush=True)
     if args.dry_run:
         return
 
@@ -326,12 +333,16 @@ def cmd_train_all(args) -> None:
     if not os.path.exists(latents):
         cmd_encode_latents(argparse.Namespace(vae=vae_dir, data=args.data, split="train", out=latents,
                                               batch_size=32))
+    dit = dict(preset=args.preset, vae=vae_dir, latents=latents, steps=dit_steps, batch_size=None, lr=None,
+               export=export, unshifted_fraction=None, frame_conditioning=None, absolute_pos=None, caption_loss=None,
+               init=None)
     if not _exported(os.path.join(export, "dit"), dit_steps):
-        cmd_train_dit(argparse.Namespace(preset=args.preset, vae=vae_dir, latents=latents, steps=dit_steps,
-                                         out=os.path.join(args.out, "dit"), batch_size=None, lr=None, export=export,
-                                         time_shift=None, unshifted_fraction=None, frame_conditioning=None,
-                                         absolute_pos=None, caption_loss=None, output_conv=None, init=None,
+        cmd_train_dit(argparse.Namespace(**dit, out=os.path.join(args.out, "dit"), time_shift=None, output_conv=None,
                                          low_noise_below=None))
+    if expert and not _exported(os.path.join(export, "low_noise"), dit_steps):
+        cmd_train_dit(argparse.Namespace(**dit, out=os.path.join(args.out, "dit_low_noise"),
+                                         time_shift=expert["time_shift"], output_conv=expert["output_conv"],
+                                         low_noise_below=expert["below"]))
     print(f"done: python -m sora_mini generate \"a red circle moves to the right\" --model {export}")
 
 
@@ -594,6 +605,8 @@ def main(argv=None) -> int:
     p.add_argument("--vae-steps", type=int, help="VAE training steps (default: the VAE preset's)")
     p.add_argument("--dit-steps", type=int, help="DiT training steps (default: the DiT preset's)")
     p.add_argument("--dry-run", action="store_true", help="print the time estimate and stop")
+    p.add_argument("--low-noise-expert", action=argparse.BooleanOptionalAction, default=True,
+                   help="also train the preset's low-noise expert, as the shipped model has (default: yes)")
     p.set_defaults(func=cmd_train_all)
 
     p = sub.add_parser("generate", help="turn a prompt into a video with a pretrained text-to-video model")

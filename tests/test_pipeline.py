@@ -232,8 +232,9 @@ def test_train_all_runs_every_stage_and_resumes(tmp_path):
             "--vae-steps", "2", "--dit-steps", "2"]
     res = _cli(*args)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert "estimated time" in res.stdout and "total" in res.stdout
-    model = TextToVideo.from_pretrained(tmp_path / "run" / "pretrained")
+    assert "estimated time" in res.stdout and "total" in res.stdout and "low-noise expert, 2 steps" in res.stdout
+    model = TextToVideo.from_pretrained(tmp_path / "run" / "pretrained")  # both experts, as shipped
+    assert model.low_noise_below == 0.5 and model.low_noise_model.dit.config.output_conv == 32
     assert model("a red circle falls", steps=2).shape == (17, 32, 32, 3)
     again = _cli(*args)  # every stage is done: nothing is rebuilt, both trainings resume at their end
     assert again.returncode == 0, again.stderr[-3000:]
