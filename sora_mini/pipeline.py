@@ -6,6 +6,9 @@ reads and its token embeddings as what cross-attention reads.
 
     ids, mask [B, L] --TextEncoder--> tokens [B, L, Dt], pooled [B, Dt]
     noisy latent [B, t, h, w, c], time [B] --DiT(tokens, mask, pooled)--> prediction
+
+`TextToVideo` samples with one such model, or with two experts on one path (eDiff-I,
+Wan 2.2): the main model while `t > low_noise_below`, a low-noise expert after.
 """
 
 from __future__ import annotations
@@ -181,11 +184,17 @@ def _load_model(directory: str) -> tuple[TextToVideoModel, dict]:
     return model, settings
 
 
+def _check_switch(low_noise_below) -> float:
+    below = float(low_noise_below)
+    if not 0.0 <= below <= 1.0:
+        raise ValueError(f"low_noise_below is a time in [0, 1] (0: the main model throughout), got {low_noise_below!r}")
+    return below
+
+
 def _check_experts(main: dict, low: dict, low_noise_below: float, latent_scale: float) -> None:
     """Two experts denoise one sampling path: the same latents (VAE, scale), the same
     prediction on the same time axis, the same tokens."""
-    if not 0.0 <= low_noise_below <= 1.0:
-        raise ValueError(f"low_noise_below is a time in [0, 1], got {low_noise_below}")
+    _check_switch(low_noise_below)
     same = {"latent_scale": (main["latent_scale"], latent_scale),
             "latent channels": (main["dit"]["in_channels"], low["dit"]["in_channels"]),
             "vocabulary": ((main["text"]["vocab_size"], main["text"]["max_length"]),
@@ -450,12 +459,7 @@ class TextToVideo:
         return scale
 
     def _low_noise_below(self, low_noise_below) -> float:
-        if low_noise_below is None:
-            return self.low_noise_below
-        below = float(low_noise_below)
-        if not 0.0 <= below <= 1.0:
-            raise ValueError(f"low_noise_below is a time in [0, 1] (0: the main model throughout), got "
-                             f"{low_noise_below!r}")
+        below = _check_switch(self.low_noise_below if low_noise_below is None else low_noise_below)
         if below > 0 and self.low_noise_model is None:
             raise ValueError("low_noise_below needs a low-noise expert: this model has none (export one with "
                              "`python -m sora_mini train-dit ... --export <model> --low-noise-below T`)")
