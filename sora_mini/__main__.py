@@ -173,11 +173,12 @@ DIT_TRAIN_PRESETS = {
     # unshifted, with output_conv=32, drew the prompted shape in 0.71 of 128 test videos
     # (this recipe: 0.55) but moved the object the prompted way in only 0.34 (this: 0.75), and
     # half the times unshifted (unshifted_fraction=0.5) got neither (0.62 and 0.52). The shipped
-    # model has both: this recipe while t > 0.5, the unshifted run as its low-noise expert after
-    # (train-dit --time-shift 1 --output-conv 32 --low-noise-below 0.5; 256 prompts: 0.72, 0.79).
+    # model has both: this recipe while t > 0.5, and after it a low-noise expert fine-tuned from
+    # it (Wan 2.2) on unshifted times below 0.5 only, with output_conv=32: 1,600 steps, 14 min.
     "tiny": dict(text="tiny", steps=6000, batch_size=32, learning_rate=1e-3, frame_conditioning=True, time_shift=3.0,
                  unshifted_fraction=0.0, absolute_pos=True, caption_loss=1.0,
-                 low_noise_expert=dict(time_shift=1.0, output_conv=32, below=0.5)),
+                 low_noise_expert=dict(steps=1600, learning_rate=5e-4, time_shift=1.0, max_time=0.5, output_conv=32,
+                                       below=0.5)),
     "small": dict(text="small", steps=50000, batch_size=64, learning_rate=2e-4, frame_conditioning=True,
                   time_shift=3.0, unshifted_fraction=0.0, absolute_pos=True, caption_loss=1.0),
 }
@@ -185,7 +186,8 @@ DIT_TRAIN_PRESETS = {
 
 def dit_preset_configs(preset: str, *, frame_conditioning: bool | None = None, absolute_pos: bool | None = None,
                        time_shift: float | None = None, unshifted_fraction: float | None = None,
-                       caption_loss: float | None = None, output_conv: int | None = None):
+                       caption_loss: float | None = None, output_conv: int | None = None,
+                       max_time: float | None = None):
     """`(text_config, dit_config, diffusion_config, caption_loss)` of a `train-dit` preset;
     each keyword left None takes the preset's value."""
     from sora_mini import diffusion, dit, guidance, text
@@ -205,7 +207,8 @@ def dit_preset_configs(preset: str, *, frame_conditioning: bool | None = None, a
     if output_conv is not None:
         dit_config = dit_config.replace(output_conv=output_conv)
     diffusion_config = diffusion.DiffusionConfig(time_shift=pick(time_shift, "time_shift"),
-                                                 unshifted_fraction=pick(unshifted_fraction, "unshifted_fraction"))
+                                                 unshifted_fraction=pick(unshifted_fraction, "unshifted_fraction"),
+                                                 max_time=1.0 if max_time is None else max_time)
     return text_config, dit_config, diffusion_config, caption_loss
 
 
@@ -220,7 +223,7 @@ def cmd_train_dit(args) -> None:
     text_config, dit_config, diffusion_config, caption_loss = dit_preset_configs(
         args.preset, frame_conditioning=args.frame_conditioning, absolute_pos=args.absolute_pos,
         time_shift=args.time_shift, unshifted_fraction=args.unshifted_fraction, caption_loss=args.caption_loss,
-        output_conv=args.output_conv)
+        output_conv=args.output_conv, max_time=args.max_time)
     p = DIT_TRAIN_PRESETS[args.preset]
     manifest_path = os.path.join(args.vae, "manifest.json")
     if not os.path.exists(manifest_path):
@@ -270,7 +273,7 @@ def cmd_train_dit(args) -> None:
 # benchmarks and the shipped runs. The estimate scales them by a quick matmul probe.
 REFERENCE_GFLOPS = 470.0
 TRAIN_ALL_COSTS = {"tiny": {"build_data_s": 40.0, "vae_step_s": 0.10, "encode_clip_s": 1 / 126, "dit_step_s": 0.45,
-                            "expert_step_s": 0.53}}
+                            "expert_step_s": 0.52}}
 
 
 def _exported(path: str, steps: int) -> bool:
@@ -294,6 +297,7 @@ def cmd_train_all(args) -> None:
     dit_steps = args.dit_steps or DIT_TRAIN_PRESETS[args.preset]["steps"]
     export = args.export or os.path.join(args.out, "pretrained")
     expert = DIT_TRAIN_PRESETS[args.preset].get("low_noise_expert") if args.low_noise_expert else None
+    expert_steps = expert and (args.expert_steps or expert["steps"])
     world = data_lib.SHAPES_WORLD_PRESETS[VAE_TRAIN_PRESETS[args.preset]["world"]]
     has_data = os.path.exists(os.path.join(args.data, "shapes_world_config.json"))
     if has_data:
@@ -309,7 +313,7 @@ def cmd_train_all(args) -> None:
                   (f"encode {clips} clips to latents", clips * c["encode_clip_s"]),
                   (f"train the DiT, {dit_steps} steps", dit_steps * c["dit_step_s"])]
         if expert:
-            stages.append((f"train its low-noise expert, {dit_steps} steps", dit_steps * c["expert_step_s"]))
+            stages.append((f"fine-tune a low-noise expert, {expert_steps} steps", expert_steps * c["expert_step_s"]))
         print(f"train-all --preset {args.preset}: this machine does {gflops:.0f} GFLOP/s on a float32 matmul (the "
               f"reference CPU {REFERENCE_GFLOPS:.0f}); estimated time (finished stages are skipped):")
         for name, seconds in stages:
@@ -317,7 +321,7 @@ def cmd_train_all(args) -> None:
         print(f"  {'total':<40} {sum(s for _, s in stages) * scale / 60:6.1f} min\n", flush=True)
     else:
         print(f"train-all --preset {args.preset}: no timing measured for this preset (it is sized for a GPU/TPU); "
-              f"{vae_steps} VAE steps and {dit_steps} DiT steps{' (twice: two experts)' if expert else ''}\n",
+              f"{vae_steps} VAE steps, {dit_steps} DiT steps{f' and {expert_steps} expert steps' if expert else ''}\n",
               flush=True)
     if args.dry_run:
         return
@@ -333,15 +337,16 @@ def cmd_train_all(args) -> None:
     if not os.path.exists(latents):
         cmd_encode_latents(argparse.Namespace(vae=vae_dir, data=args.data, split="train", out=latents,
                                               batch_size=32))
-    dit = dict(preset=args.preset, vae=vae_dir, latents=latents, steps=dit_steps, batch_size=None, lr=None,
-               export=export, unshifted_fraction=None, frame_conditioning=None, absolute_pos=None, caption_loss=None,
-               init=None)
+    dit = dict(preset=args.preset, vae=vae_dir, latents=latents, batch_size=None, export=export,
+               unshifted_fraction=None, frame_conditioning=None, absolute_pos=None, caption_loss=None)
     if not _exported(os.path.join(export, "dit"), dit_steps):
-        cmd_train_dit(argparse.Namespace(**dit, out=os.path.join(args.out, "dit"), time_shift=None, output_conv=None,
-                                         low_noise_below=None))
-    if expert and not _exported(os.path.join(export, "low_noise"), dit_steps):
-        cmd_train_dit(argparse.Namespace(**dit, out=os.path.join(args.out, "dit_low_noise"),
-                                         time_shift=expert["time_shift"], output_conv=expert["output_conv"],
+        cmd_train_dit(argparse.Namespace(**dit, out=os.path.join(args.out, "dit"), steps=dit_steps, lr=None, init=None,
+                                         time_shift=None, max_time=None, output_conv=None, low_noise_below=None))
+    if expert and not _exported(os.path.join(export, "low_noise"), expert_steps):
+        # Fine-tuned from the main DiT just exported, on its own band of times only.
+        cmd_train_dit(argparse.Namespace(**dit, out=os.path.join(args.out, "dit_low_noise"), steps=expert_steps,
+                                         lr=expert["learning_rate"], init=export, time_shift=expert["time_shift"],
+                                         max_time=expert["max_time"], output_conv=expert["output_conv"],
                                          low_noise_below=expert["below"]))
     print(f"done: python -m sora_mini generate \"a red circle moves to the right\" --model {export}")
 
@@ -577,6 +582,8 @@ def main(argv=None) -> int:
     p.add_argument("--time-shift", type=float, help="SD3 time shift of training and sampling (default: the preset's)")
     p.add_argument("--unshifted-fraction", type=float,
                    help="fraction of training times drawn without the time shift (default: the preset's)")
+    p.add_argument("--max-time", type=float,
+                   help="draw training times only below this time t (a low-noise expert's band; default 1: all)")
     p.add_argument("--frame-conditioning", action=argparse.BooleanOptionalAction,
                    help="train the DiT to read known frames (image-to-video, extension; default: the preset's)")
     p.add_argument("--absolute-pos", action=argparse.BooleanOptionalAction,
@@ -606,7 +613,8 @@ def main(argv=None) -> int:
     p.add_argument("--dit-steps", type=int, help="DiT training steps (default: the DiT preset's)")
     p.add_argument("--dry-run", action="store_true", help="print the time estimate and stop")
     p.add_argument("--low-noise-expert", action=argparse.BooleanOptionalAction, default=True,
-                   help="also train the preset's low-noise expert, as the shipped model has (default: yes)")
+                   help="also fine-tune the preset's low-noise expert, as the shipped model has (default: yes)")
+    p.add_argument("--expert-steps", type=int, help="low-noise expert fine-tuning steps (default: the preset's)")
     p.set_defaults(func=cmd_train_all)
 
     p = sub.add_parser("generate", help="turn a prompt into a video with a pretrained text-to-video model")

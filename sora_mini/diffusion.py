@@ -49,6 +49,10 @@ class DiffusionConfig:
     # the plain logit-normal, so one run trains both the noisy band (layout, direction) and
     # the middle band (shape). Sampling still uses `time_shift`'s grid.
     unshifted_fraction: float = 0.0
+    # Draw training times only below this (1: all of (0, 1)): the distribution above,
+    # conditioned on t < max_time. A low-noise expert trains on its own band (Wan 2.2), so
+    # none of its capacity goes to times the main model denoises. Sampling is unchanged.
+    max_time: float = 1.0
 
     def __post_init__(self):
         if self.objective not in OBJECTIVES:
@@ -65,6 +69,9 @@ class DiffusionConfig:
         if not 0.0 <= self.unshifted_fraction <= 1.0:
             raise ValueError(f"unshifted_fraction is a fraction of training times in [0, 1], "
                              f"got {self.unshifted_fraction}")
+        if not 0.0 < self.max_time <= 1.0:
+            raise ValueError(f"max_time is the time below which training times are drawn, in (0, 1], "
+                             f"got {self.max_time}")
 
     def replace(self, **changes) -> DiffusionConfig:
         return dataclasses.replace(self, **changes)
@@ -163,17 +170,32 @@ def resolution_shift(num_tokens: int, base_tokens: int) -> float:
 
 def sample_time(key, batch: int, config: DiffusionConfig):
     """Training times `[B]` in (0, 1): each shifted by `time_shift`, except that with
-    `unshifted_fraction = f > 0` each is left unshifted with probability f."""
+    `unshifted_fraction = f > 0` each is left unshifted with probability f; with
+    `max_time < 1`, conditioned on `t < max_time`."""
+    shift = config.time_shift
     if config.unshifted_fraction > 0:
         key, k_mix = jax.random.split(key)
-    if config.time_sampling == "uniform":
+        shift = jnp.where(jax.random.bernoulli(k_mix, config.unshifted_fraction, (batch,)), 1.0, shift)
+    if config.max_time < 1:
+        t = _truncated_base_time(key, batch, config, unshift_time(config.max_time, shift))
+    elif config.time_sampling == "uniform":
         t = jax.random.uniform(key, (batch,), minval=1e-5, maxval=1.0 - 1e-5)
     else:  # logit-normal: sigmoid of a normal
         t = jax.nn.sigmoid(config.logit_mean + config.logit_std * jax.random.normal(key, (batch,)))
-    if config.unshifted_fraction > 0:
-        unshifted = jax.random.bernoulli(k_mix, config.unshifted_fraction, (batch,))
-        return jnp.where(unshifted, t, shift_time(t, config.time_shift))
-    return shift_time(t, config.time_shift)
+    return shift_time(t, shift)  # shift 1 is the identity, exactly
+
+
+def _truncated_base_time(key, batch: int, config: DiffusionConfig, bound):
+    """Unshifted times conditioned on `t < bound` (`bound [B]` or scalar: the shift is
+    monotone, so the shifted time is below `max_time` exactly when this one is below
+    `unshift_time(max_time)`). Drawn by inverse CDF, so no draw is wasted: a uniform `u`
+    below the bound's CDF value, mapped back through the inverse CDF."""
+    if config.time_sampling == "uniform":
+        return jax.random.uniform(key, (batch,), minval=1e-5, maxval=jnp.minimum(bound, 1.0 - 1e-5))
+    # logit-normal: t = sigmoid(mean + std z), z ~ N(0, 1), so t < bound  <=>  z < z_max.
+    z_max = (jnp.log(bound / (1.0 - bound)) - config.logit_mean) / config.logit_std
+    u = jax.random.uniform(key, (batch,), minval=1e-6, maxval=jax.scipy.stats.norm.cdf(z_max))
+    return jax.nn.sigmoid(config.logit_mean + config.logit_std * jax.scipy.special.ndtri(u))
 
 
 def diffusion_loss(model_fn, x0, key, config: DiffusionConfig, frame_weight=None):

@@ -29,7 +29,6 @@ import dataclasses
 import json
 import os
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -38,6 +37,7 @@ import scipy.linalg
 from flax import nnx
 
 from sora_mini import data
+from sora_mini.vae import restore_params
 from sora_mini.video import to_float
 
 # What the classifier learns to read, with its classes.
@@ -213,13 +213,5 @@ def load_classifier(path: str = "data/pretrained/classifier") -> VideoClassifier
     with open(os.path.join(path, "config.json")) as f:
         raw = json.load(f)
     config = ClassifierConfig(**{**raw, "channels": tuple(raw["channels"])})
-    return restore_params(nnx.eval_shape(lambda: VideoClassifier(config, rngs=nnx.Rngs(0))), path)
-
-
-def restore_params(model: nnx.Module, path: str) -> nnx.Module:
-    """Fill an abstract model (`nnx.eval_shape`) with the weights `export_classifier` saved."""
-    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), nnx.state(model, nnx.Param))
-    with ocp.StandardCheckpointer() as ckptr:
-        params = ckptr.restore(os.path.join(os.path.abspath(path), "params"), target)
-    nnx.update(model, params)
-    return model
+    return restore_params(nnx.eval_shape(lambda: VideoClassifier(config, rngs=nnx.Rngs(0))), path,
+                          what="video classifier weights")

@@ -51,6 +51,7 @@ from flax import nnx
 from sora_mini import data, fvd
 from sora_mini.diffusion import DiffusionConfig, add_noise, shift_time
 from sora_mini.dit import TimestepEmbedder
+from sora_mini.vae import restore_params
 
 # What a caption says of an object, with its classes: FVD's classifier reads the same three.
 HEADS = {k: fvd.HEADS[k] for k in ("color", "shape", "motion")}
@@ -246,4 +247,5 @@ def load_latent_classifier(path: str) -> LatentClassifier:
         raw = json.load(f)
     config = LatentClassifierConfig(**{**raw, "latent_size": tuple(raw["latent_size"]),
                                        "channels": tuple(raw["channels"])})
-    return fvd.restore_params(nnx.eval_shape(lambda: LatentClassifier(config, rngs=nnx.Rngs(0))), path)
+    return restore_params(nnx.eval_shape(lambda: LatentClassifier(config, rngs=nnx.Rngs(0))), path,
+                          what="guidance classifier weights")

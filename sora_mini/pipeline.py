@@ -30,7 +30,7 @@ from sora_mini.dit import DiT, DiTConfig
 from sora_mini.patchify import patch_grid
 from sora_mini.sampling import SAMPLERS, sample
 from sora_mini.text import PAD_ID, TextConfig, TextEncoder, Tokenizer
-from sora_mini.vae import PRETRAINED_DTYPE, VideoVAE, check_video_shape
+from sora_mini.vae import PRETRAINED_DTYPE, VideoVAE, check_video_shape, restore_params
 from sora_mini.video import _check_video, to_float, to_uint8
 
 
@@ -57,7 +57,7 @@ class TextToVideoModel(nnx.Module):
 def init_from_pretrained(model: TextToVideoModel, path: str) -> dict:
     """Copy the pretrained model in `path` (`dit/`) into `model` (`copy_weights`), to
     fine-tune it. Returns the pretrained model's manifest."""
-    copy_weights(TextToVideo.from_pretrained(path).model, model)  # (see copy_weights for what may change)
+    copy_weights(_load_model(os.path.join(path, "dit"))[0], model)  # (see copy_weights for what may change)
     with open(os.path.join(path, "dit", "manifest.json")) as f:
         return json.load(f)
 
@@ -109,6 +109,10 @@ def export_pretrained(run_dir: str, path: str, vae_path: str, *, extra: dict | N
     with open(os.path.join(run_dir, "train_config.json")) as f:
         settings = json.load(f)
     name = "dit" if low_noise_below is None else "low_noise"
+    max_time = settings["diffusion"].get("max_time", 1.0)
+    if low_noise_below is None and max_time < 1:
+        raise ValueError(f"the DiT run {run_dir} trained only on times t < {max_time:g}, so it cannot start sampling "
+                         f"from noise: export it as a low-noise expert (low_noise_below <= {max_time:g})")
     if low_noise_below is not None:
         main = _read_config(os.path.join(path, "dit"))
         _check_experts(main, settings, low_noise_below, latent_scale=settings["train"]["latent_scale"])
@@ -168,19 +172,8 @@ def _read_config(directory: str) -> dict:
 def _load_model(directory: str) -> tuple[TextToVideoModel, dict]:
     """The text encoder and DiT exported to `directory` (`dit/` or `low_noise/`), in float32."""
     settings = _read_config(directory)
-    model = _abstract_model(settings)
-    stored = jnp.dtype(settings.get("weights_dtype", "float32"))
-    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, stored), nnx.state(model, nnx.Param))
-    try:
-        with ocp.StandardCheckpointer() as ckptr:
-            params = ckptr.restore(os.path.join(directory, "params"), target)
-    except Exception as e:
-        raise ValueError(f"the DiT weights in {directory}/params are missing or corrupt "
-                         f"({type(e).__name__}: {str(e)[:200]})") from e
-    nnx.update(model, jax.tree.map(lambda x: x.astype(jnp.float32), params))
-    leftover = [x for x in jax.tree.leaves(nnx.state(model)) if isinstance(x, jax.ShapeDtypeStruct)]
-    if leftover:
-        raise ValueError(f"{len(leftover)} arrays of the model were not in {directory}/params")
+    model = restore_params(_abstract_model(settings), directory, what="DiT weights",
+                           stored_dtype=jnp.dtype(settings.get("weights_dtype", "float32")))
     return model, settings
 
 
@@ -204,6 +197,10 @@ def _check_experts(main: dict, low: dict, low_noise_below: float, latent_scale: 
     differ = [f"{k}: {a!r} against {b!r}" for k, (a, b) in same.items() if a != b]
     if differ:
         raise ValueError(f"the low-noise expert does not fit the main model ({'; '.join(differ)})")
+    max_time = low["diffusion"].get("max_time", 1.0)
+    if low_noise_below > max_time:
+        raise ValueError(f"the low-noise expert trained only on times t < {max_time:g}; it cannot take over at "
+                         f"low_noise_below = {low_noise_below:g}")
 
 
 def _configs(settings: dict):

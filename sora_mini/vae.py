@@ -473,6 +473,29 @@ def _abstract(cls, config: VAEConfig) -> VideoVAE:
     return nnx.eval_shape(lambda: cls(config, rngs=nnx.Rngs(0)))
 
 
+def restore_params(model: nnx.Module, path: str, *, stored_dtype=jnp.float32, what: str = "weights") -> nnx.Module:
+    """Fill an abstract model (`nnx.eval_shape`) with the parameters exported to Orbax
+    `path/params` at `stored_dtype`, cast to float32. Every exported model (VAE, DiT,
+    classifiers) loads through here; the error names `what` is missing, corrupt or short."""
+    import os
+
+    import orbax.checkpoint as ocp
+
+    params_dir = os.path.join(os.path.abspath(os.fspath(path)), "params")
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, stored_dtype), nnx.state(model, nnx.Param))
+    try:
+        with ocp.StandardCheckpointer() as ckptr:
+            params = ckptr.restore(params_dir, target)
+    except Exception as e:
+        raise ValueError(f"the {what} in {params_dir} are missing or corrupt "
+                         f"({type(e).__name__}: {str(e)[:200]})") from e
+    nnx.update(model, jax.tree.map(lambda x: x.astype(jnp.float32), params))
+    leftover = [x for x in jax.tree.leaves(nnx.state(model)) if isinstance(x, jax.ShapeDtypeStruct)]
+    if leftover:
+        raise ValueError(f"{len(leftover)} arrays of the model were not in {params_dir}")
+    return model
+
+
 def _load_pretrained(cls, path: str) -> VideoVAE:
     import json
     import os
@@ -487,17 +510,7 @@ def _load_pretrained(cls, path: str) -> VideoVAE:
     if os.path.exists(config_file) and os.path.isdir(os.path.join(path, "params")):
         with open(config_file) as f:
             config = _config_from_dict(json.load(f))
-        model = _abstract(cls, config)
-        target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, PRETRAINED_DTYPE),
-                              nnx.state(model, nnx.Param))
-        try:
-            with ocp.StandardCheckpointer() as ckptr:
-                params = ckptr.restore(os.path.join(path, "params"), target)
-        except Exception as e:
-            raise ValueError(f"the VAE weights in {path}/params are missing or corrupt "
-                             f"({type(e).__name__}: {str(e)[:200]})") from e
-        nnx.update(model, jax.tree.map(lambda x: x.astype(jnp.float32), params))
-        return model
+        return restore_params(_abstract(cls, config), path, stored_dtype=PRETRAINED_DTYPE, what="VAE weights")
     if os.path.exists(os.path.join(path, "train_config.json")):  # a training run directory
         from sora_mini import train
 

@@ -89,6 +89,28 @@ def test_unshifted_fraction_draws_the_mixture_of_both_logit_normals(fraction):
         DiffusionConfig(unshifted_fraction=1.5)
 
 
+@pytest.mark.parametrize("sampling,shift,fraction", [("logit_normal", 1.0, 0.0), ("logit_normal", 3.0, 0.0),
+                                                     ("logit_normal", 3.0, 0.5), ("uniform", 3.0, 0.0)])
+def test_max_time_draws_the_time_distribution_conditioned_below_it(sampling, shift, fraction):
+    # Truncated CDF of each component: F(t) / F(max_time) below max_time, 1 at and above;
+    # the mixture picks its component first, then draws it below max_time.
+    max_time = 0.5
+    cfg = DiffusionConfig(time_sampling=sampling, time_shift=shift, unshifted_fraction=fraction, max_time=max_time)
+    t = sample_time(jax.random.key(3), 40000, cfg)
+    assert float(t.min()) > 0 and float(t.max()) < max_time
+    logit = lambda u: jnp.log(u / (1 - u))
+    base_cdf = ((lambda u: jnp.clip(u, 0, 1)) if sampling == "uniform"
+                else (lambda u: jax.scipy.stats.norm.cdf(logit(u))))
+    component = lambda s, u: base_cdf(unshift_time(u, s)) / base_cdf(unshift_time(max_time, s))
+    grid = jnp.array([0.05, 0.1, 0.2, 0.3, 0.4, 0.45])
+    cdf = fraction * component(1.0, grid) + (1 - fraction) * component(shift, grid)
+    empirical = jnp.mean(t[:, None] <= grid[None], axis=0)
+    np.testing.assert_allclose(empirical, cdf, atol=0.01)
+    for bad in (0.0, 1.5):
+        with pytest.raises(ValueError, match="max_time is the time below which"):
+            DiffusionConfig(max_time=bad)
+
+
 def test_an_oracle_model_has_zero_loss():
     x0 = jax.random.normal(jax.random.key(0), (8, 3, 4, 4, 2))
     oracle = lambda x_t, t: (x_t - x0) / t[:, None, None, None, None]  # = eps - x0 on the flow path

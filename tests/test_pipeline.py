@@ -10,6 +10,7 @@ import pytest
 from flax import nnx
 
 from sora_mini import data, train
+from sora_mini.diffusion import DiffusionConfig
 from sora_mini.dit import DiTConfig
 from sora_mini.pipeline import TextToVideo, TextToVideoModel, export_pretrained
 from sora_mini.text import TextConfig
@@ -76,6 +77,10 @@ def test_bad_requests_get_clear_errors(exported, tmp_path):
         pipe("a red circle", num_frames=5, height=18, width=16)
     with pytest.raises(FileNotFoundError, match="no pretrained text-to-video model"):
         TextToVideo.from_pretrained(tmp_path)
+    shutil.copytree(exported[0] / "model", tmp_path / "broken")
+    shutil.rmtree(tmp_path / "broken" / "dit" / "params")
+    with pytest.raises(ValueError, match="the DiT weights in .*broken/dit/params are missing or corrupt"):
+        TextToVideo.from_pretrained(tmp_path / "broken")
 
 
 def test_a_low_noise_expert_takes_over_at_and_below_its_time(exported, tmp_path):
@@ -89,8 +94,14 @@ def test_a_low_noise_expert_takes_over_at_and_below_its_time(exported, tmp_path)
     tc = train.DiTTrainConfig(steps=3, batch_size=4, warmup_steps=1, save_every=3, log_every=1, latent_scale=0.9,
                               learning_rate=3e-2)
     settings = {"text": TEXT.__dict__ | {}, "dit": {**low_dit.__dict__, "patch_size": list(low_dit.patch_size)}}
+    # Trained on its own band only (Wan 2.2): times t < 0.5.
     train.train_dit(TextToVideoModel(TEXT, low_dit, rngs=nnx.Rngs(1)), cache, tc, str(tmp_path / "run"),
-                    progress=False, settings=settings)
+                    DiffusionConfig(max_time=0.5), progress=False, settings=settings)
+    with pytest.raises(ValueError, match="trained only on times t < 0.5, so it cannot start sampling from noise"):
+        export_pretrained(str(tmp_path / "run"), str(tmp_path / "model"), str(root / "vae"))
+    with pytest.raises(ValueError, match="trained only on times t < 0.5; it cannot take over at low_noise_below = 0.6"):
+        export_pretrained(str(tmp_path / "run"), str(tmp_path / "model"), str(root / "vae"), low_noise_below=0.6)
+    assert sorted(os.listdir(tmp_path / "model")) == ["dit", "vae"]  # refused: nothing written
     export_pretrained(str(tmp_path / "run"), str(tmp_path / "model"), str(root / "vae"), low_noise_below=0.5)
     assert sorted(os.listdir(tmp_path / "model")) == ["dit", "low_noise", "vae"]
     pipe = TextToVideo.from_pretrained(tmp_path / "model")
@@ -229,12 +240,16 @@ def test_evaluate_command_prints_json(tmp_path):
 
 def test_train_all_runs_every_stage_and_resumes(tmp_path):
     args = ["train-all", "--out", str(tmp_path / "run"), "--data", str(tmp_path / "data"), "--train-clips", "40",
-            "--vae-steps", "2", "--dit-steps", "2"]
+            "--vae-steps", "2", "--dit-steps", "2", "--expert-steps", "3"]
     res = _cli(*args)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert "estimated time" in res.stdout and "total" in res.stdout and "low-noise expert, 2 steps" in res.stdout
+    assert "estimated time" in res.stdout and "total" in res.stdout and "low-noise expert, 3 steps" in res.stdout
     model = TextToVideo.from_pretrained(tmp_path / "run" / "pretrained")  # both experts, as shipped
     assert model.low_noise_below == 0.5 and model.low_noise_model.dit.config.output_conv == 32
+    low = json.loads((tmp_path / "run" / "pretrained" / "low_noise" / "manifest.json").read_text())
+    assert low["steps"] == 3 and low["init"]["steps"] == 2  # fine-tuned from the main DiT
+    low_config = json.loads((tmp_path / "run" / "pretrained" / "low_noise" / "config.json").read_text())
+    assert low_config["diffusion"]["max_time"] == 0.5 and low_config["diffusion"]["time_shift"] == 1.0
     assert model("a red circle falls", steps=2).shape == (17, 32, 32, 3)
     again = _cli(*args)  # every stage is done: nothing is rebuilt, both trainings resume at their end
     assert again.returncode == 0, again.stderr[-3000:]
