@@ -297,7 +297,7 @@ def cmd_train_all(args) -> None:
     dit_steps = args.dit_steps or DIT_TRAIN_PRESETS[args.preset]["steps"]
     export = args.export or os.path.join(args.out, "pretrained")
     expert = DIT_TRAIN_PRESETS[args.preset].get("low_noise_expert") if args.low_noise_expert else None
-    expert_steps = expert and (args.expert_steps or expert["steps"])
+    expert_steps = (args.expert_steps or expert["steps"]) if expert else 0
     world = data_lib.SHAPES_WORLD_PRESETS[VAE_TRAIN_PRESETS[args.preset]["world"]]
     has_data = os.path.exists(os.path.join(args.data, "shapes_world_config.json"))
     if has_data:

@@ -19,7 +19,8 @@ which is all the samplers in `sora_mini.sampling` need.
 Training draws `t` per example: uniformly, or logit-normal (SD3: more weight on the
 middle of the path, where the velocity is hardest to guess), optionally shifted toward
 noise for larger inputs (`time_shift`, SD3's resolution-dependent shift: more tokens
-carry more redundant signal, so the same `t` destroys less of it).
+carry more redundant signal, so the same `t` destroys less of it), and optionally kept
+below `max_time`, for an expert that denoises only the low-noise end of the path.
 """
 
 from __future__ import annotations
