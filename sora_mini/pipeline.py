@@ -385,7 +385,9 @@ class TextToVideo:
         Height and width default to the given frames' size, or 32. `classifier_guidance`:
         the classifier guidance scale (default: the model's `classifier_guidance`; 0: off).
         `low_noise_below`: the time at and below which the low-noise expert denoises
-        (default: the model's `low_noise_below`; 0: the main model throughout)."""
+        (default: the model's `low_noise_below`; 0: the main model throughout). A value above
+        the band the expert trained on (its `max_time`) is allowed here, for experiments;
+        `from_pretrained` and `export_pretrained` refuse it as the model's own switch."""
         if not isinstance(prompt, str) or not prompt.strip():
             raise ValueError("the prompt is empty: describe a video, e.g. 'a red circle moves to the right' "
                              "(the empty prompt is reserved for classifier-free guidance)")

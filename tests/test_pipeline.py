@@ -155,6 +155,9 @@ def test_train_dit_command_names_what_is_missing(tmp_path):
     res = subprocess.run([sys.executable, "-m", "sora_mini", "train-dit", "--vae", str(tmp_path), "--latents", "x.npz",
                           "--out", str(tmp_path / "run")], capture_output=True, text=True)
     assert res.returncode == 2 and "no exported VAE manifest" in res.stderr
+    res = subprocess.run([sys.executable, "-m", "sora_mini", "train-dit", "--latents", "x.npz", "--max-time", "1.5",
+                          "--out", str(tmp_path / "run")], capture_output=True, text=True)
+    assert res.returncode == 2 and "max_time is the time below which training times are drawn" in res.stderr
 
 
 def test_train_dit_command_trains_and_exports(tmp_path):
