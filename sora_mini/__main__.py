@@ -176,11 +176,11 @@ DIT_TRAIN_PRESETS = {
     # model has both: this recipe while t > 0.5, and after it a low-noise expert fine-tuned from
     # it (Wan 2.2) on unshifted times below 0.5 only, with output_conv=32: 1,600 steps, 14 min.
     "tiny": dict(text="tiny", steps=6000, batch_size=32, learning_rate=1e-3, frame_conditioning=True, time_shift=3.0,
-                 unshifted_fraction=0.0, absolute_pos=True, caption_loss=1.0,
+                 unshifted_fraction=0.0, max_time=1.0, absolute_pos=True, caption_loss=1.0,
                  low_noise_expert=dict(steps=1600, learning_rate=5e-4, time_shift=1.0, max_time=0.5, output_conv=32,
                                        below=0.5)),
     "small": dict(text="small", steps=50000, batch_size=64, learning_rate=2e-4, frame_conditioning=True,
-                  time_shift=3.0, unshifted_fraction=0.0, absolute_pos=True, caption_loss=1.0),
+                  time_shift=3.0, unshifted_fraction=0.0, max_time=1.0, absolute_pos=True, caption_loss=1.0),
 }
 
 
@@ -208,7 +208,7 @@ def dit_preset_configs(preset: str, *, frame_conditioning: bool | None = None, a
         dit_config = dit_config.replace(output_conv=output_conv)
     diffusion_config = diffusion.DiffusionConfig(time_shift=pick(time_shift, "time_shift"),
                                                  unshifted_fraction=pick(unshifted_fraction, "unshifted_fraction"),
-                                                 max_time=1.0 if max_time is None else max_time)
+                                                 max_time=pick(max_time, "max_time"))
     return text_config, dit_config, diffusion_config, caption_loss
 
 
