@@ -21,7 +21,7 @@ from flax import nnx
 from _report import report
 from sora_mini import dit
 from sora_mini.patchify import patch_grid
-from sora_mini.train import matmul_gflops
+from sora_mini.loop import matmul_gflops
 
 # (batch, latent (t, h, w, c), text tokens) per preset: the tiny VAE's 17x32x32 clips and
 # the small VAE's 17x64x64 clips.

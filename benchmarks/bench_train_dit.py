@@ -20,9 +20,10 @@ import numpy as np
 from flax import nnx
 
 from _report import report
-from sora_mini import pipeline, text, train
-from sora_mini.__main__ import DIT_TRAIN_PRESETS, dit_preset_configs
-from sora_mini.guidance import caption_label_matrix
+from sora_mini import loop, text, train
+from sora_mini.model import TextToVideoModel
+from sora_mini.captions import caption_label_matrix
+from sora_mini.presets import DIT_TRAIN_PRESETS, dit_preset_configs
 
 LATENTS = {"tiny": (9, 8, 8, 8), "small": (5, 8, 8, 16)}  # the VAE latents each preset trains on
 
@@ -35,11 +36,11 @@ def main() -> None:
     parser.add_argument("--json")
     args = parser.parse_args()
     p = DIT_TRAIN_PRESETS[args.preset]
-    B = args.batch_size or p["batch_size"]
+    B = args.batch_size or p.batch_size
     text_config, dit_config, diffusion_config, caption_loss = dit_preset_configs(args.preset)
-    tc = train.DiTTrainConfig(batch_size=B, learning_rate=p["learning_rate"], caption_loss=caption_loss)
-    model = pipeline.TextToVideoModel(text_config, dit_config, rngs=nnx.Rngs(0))
-    optimizer = nnx.Optimizer(model, train.make_optimizer(tc), wrt=nnx.Param)
+    tc = train.DiTTrainConfig(batch_size=B, learning_rate=p.learning_rate, caption_loss=caption_loss)
+    model = TextToVideoModel(text_config, dit_config, rngs=nnx.Rngs(0))
+    optimizer = nnx.Optimizer(model, loop.make_optimizer(tc), wrt=nnx.Param)
     ema = jax.tree.map(jnp.copy, nnx.state(model, nnx.Param))
     tokenizer = text.Tokenizer.shapes_world()
     captions = ["a small red circle moves to the right and bounces off the wall"] * B
@@ -77,7 +78,7 @@ def main() -> None:
         ema, metrics = step(model, optimizer, ema, *batch, empty, jax.random.key(i + 1), labels)
     jax.block_until_ready((ema, metrics))
     step_s = (time.perf_counter() - t0) / args.repeats
-    peak = train.matmul_gflops()
+    peak = loop.matmul_gflops()
     report({"backend": jax.default_backend(), "devices": mesh.size, "preset": args.preset,
             "params": sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param))),
             "batch": [B, *LATENTS[args.preset]], "train_step_compile_s": round(compile_s, 2),

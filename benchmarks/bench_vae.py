@@ -13,7 +13,7 @@ import jax
 from flax import nnx
 
 from _report import report
-from sora_mini import train, vae
+from sora_mini import loop, store, train, vae
 
 
 def timed(fn, *args, repeats: int = 5):
@@ -48,8 +48,8 @@ def main() -> None:
     z = encode(model, video)
     dec_compile, dec_s = timed(decode, model, z)
 
-    tc = train.TrainConfig(batch_size=args.train_batch)
-    opt = nnx.Optimizer(model, train.make_optimizer(tc), wrt=nnx.Param)
+    tc = train.VAETrainConfig(batch_size=args.train_batch)
+    opt = nnx.Optimizer(model, loop.make_optimizer(tc), wrt=nnx.Param)
     batch = video[: args.train_batch, : tc.num_frames]
     step_compile, step_s = timed(lambda: train.vae_train_step(model, opt, batch, jax.random.key(1))["loss"],
                                  repeats=5)
@@ -57,7 +57,7 @@ def main() -> None:
     crop_compile, crop_s = timed(lambda: train.vae_train_step(model, opt, crop, jax.random.key(1))["loss"],
                                  repeats=10)
     results = {
-        "preset": args.preset, "params": vae.count_params(model), "backend": jax.default_backend(),
+        "preset": args.preset, "params": store.count_params(model), "backend": jax.default_backend(),
         "clip": [args.frames, args.size, args.size], "latent": list(z.shape[1:]),
         "encode_clips_per_s": round(args.batch / enc_s, 1), "decode_clips_per_s": round(args.batch / dec_s, 1),
         "encode_compile_s": round(enc_compile, 2), "decode_compile_s": round(dec_compile, 2),

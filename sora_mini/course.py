@@ -6,6 +6,8 @@ import os
 import traceback
 from collections.abc import Callable
 
+import jax
+
 
 def fast_mode() -> bool:
     """Whether notebooks should use their small CPU/CI sizes.
@@ -15,8 +17,6 @@ def fast_mode() -> bool:
     env = os.environ.get("SORA_MINI_FAST")
     if env is not None:
         return env.strip().lower() not in ("0", "false", "no", "")
-    import jax
-
     return jax.default_backend() == "cpu"
 
 

@@ -1,210 +1,57 @@
-"""Reading the shapes world back from pixels (chapters 07 and 09).
+"""Measuring generated videos against the shapes world's ground truth (chapters 07 and 09).
 
-A generated video has no ground truth, but the world it imitates is simple enough to read
-back: a flat background, a few flat-coloured shapes, a brown pillar. So a detector made of
-plain NumPy can say which colours, shapes and motions a video shows, and compare them
-with what the prompt asked for.
+The detector of `sora_mini.detect` reads colours, shapes, motions, counts and positions
+back from pixels. Here it scores any `prompt -> video` function:
 
-    video uint8 [T, H, W, 3]
-      -> background: the palette background nearest the video's median colour
-      -> unmixing: each pixel = background + alpha * (colour - background), for the palette
-         colour that explains it best; anti-aliased or blurred edges get 0 < alpha < 1
-      -> per colour and frame, connected regions of alpha > 1/4: area (sum of alpha) and
-         centroid (alpha-weighted), the largest region being the colour's object
-      -> shape: the circle, square or triangle template (rendered with `data.signed_distance`
-         at the object's centroid, scaled to its area) with the best soft IoU
-      -> motion: the least-squares velocity of the centroid over the first half of the clip,
-         snapped to the nearest of the world's eight directions (or "still")
-
-`detect` runs it on one video; `adherence_clips` draws ground-truth clips whose caption
-names one moving object; `prompt_adherence` scores any `prompt -> video` function on them,
-and the same function applied to the real clips gives the detector's ceiling.
+- prompt adherence (`adherence_clips`, `prompt_adherence`, `evaluate_adherence`): does the
+  video show the colour, shape and direction its one-object prompt names?
+- the world model (`world_clips`, `world_model_metrics`, `evaluate_world`): counts, sizes,
+  permanence behind the pillar and physics, on every kind of clip, with the FVD.
+The same function applied to the real clips gives the detector's ceiling.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
+import re
+from collections import Counter
 from collections.abc import Callable, Sequence
 
 import numpy as np
-from scipy import ndimage
+from tqdm.auto import tqdm
 
-from sora_mini import data
-from sora_mini.video import _check_video  # uint8 [T, H, W, 3], or a ValueError that says so
-
-# Colours an object region can be unmixed into: the object palette, then the pillar (so a
-# brown pillar is never read as a dark orange object).
-_NAMES = (*data.COLORS, "pillar")
-_RGB = np.array([*data.COLORS.values(), data.PILLAR_COLOR], np.float32)  # [K, 3]
-_EIGHT = np.array([data.DIRECTIONS[d] for d in data.DIRECTIONS], np.float32)  # [8, 2] unit (dx, dy)
-
-
-@dataclasses.dataclass(frozen=True)
-class DetectorConfig:
-    min_alpha: float = 0.25  # a pixel belongs to a colour when at least this much of it is that colour
-    max_residual: float = 48.0  # ... and the mixture explains it to within this RGB distance
-    min_area: float = 4.0  # smaller regions (in pixels of alpha) are noise
-    still_speed: float = 0.2  # pixels per frame: slower than this is "still" (the slowest mover does 0.48)
-
-
-@dataclasses.dataclass(frozen=True)
-class DetectedObject:
-    """The largest region of one colour in each frame of a video."""
-
-    color: str
-    shape: str  # the best-fitting template over the frames it is fully in view
-    shape_scores: dict[str, float]  # mean soft IoU with each template
-    area: np.ndarray  # float32 [T], pixels (0 where absent)
-    position: np.ndarray  # float32 [T, 2], centroid (x, y) in pixels, NaN where absent
-    count: np.ndarray  # int [T], regions of this colour in the frame (the count read back)
-
-    @property
-    def present(self) -> np.ndarray:
-        return ~np.isnan(self.position[:, 0])
-
-    def direction(self, config: DetectorConfig = DetectorConfig()) -> str:
-        return motion_direction(self.position, config)
-
-
-@dataclasses.dataclass(frozen=True)
-class Detection:
-    background: str
-    objects: tuple[DetectedObject, ...]  # largest mean area first
-    pillar: tuple[float, float] | None = None  # the occluder's columns (x0, x1) in pixels, if one shows
-
-    def find(self, color: str) -> DetectedObject | None:
-        return next((o for o in self.objects if o.color == color), None)
-
-
-def estimate_background(video) -> str:
-    """The palette background nearest the median pixel: objects and the pillar cover far
-    less than half of every clip of the world."""
-    median = np.median(_check_video(video).reshape(-1, 3).astype(np.float32), axis=0)
-    names = list(data.BACKGROUNDS)
-    rgb = np.array([data.BACKGROUNDS[n] for n in names], np.float32)
-    return names[int(np.argmin(((rgb - median) ** 2).sum(-1)))]
-
-
-def unmix(video, background: str, config: DetectorConfig = DetectorConfig()):
-    """Per pixel, the palette colour k and amount alpha with pixel ~ bg + alpha (c_k - bg).
-
-    Returns labels int [T, H, W] (index into `_NAMES`, -1 for background) and alpha
-    float32 [T, H, W]."""
-    p = _check_video(video).astype(np.float32) - np.asarray(data.BACKGROUNDS[background], np.float32)
-    d = _RGB - np.asarray(data.BACKGROUNDS[background], np.float32)  # [K, 3]
-    # Projection of each pixel on each colour's line from the background: [T, H, W, K].
-    alpha = np.clip(np.einsum("thwc,kc->thwk", p, d) / (d * d).sum(-1), 0.0, 1.0)
-    residual = np.linalg.norm(p[..., None, :] - alpha[..., None] * d, axis=-1)
-    residual = np.where(alpha >= config.min_alpha, residual, np.inf)
-    # The pillar is static and full-height: only columns that are mostly pillar over the
-    # whole clip may hold it (half-covered orange or red edges lie near its colour too).
-    pillar = _NAMES.index("pillar")
-    pillar_columns = (np.argmin(residual, axis=-1) == pillar).mean(axis=(0, 1)) > 0.5  # [W]
-    residual[..., ~pillar_columns, pillar] = np.inf
-    k = np.argmin(residual, axis=-1)
-    best = np.take_along_axis(residual, k[..., None], -1)[..., 0]
-    labels = np.where(best <= config.max_residual, k, -1)
-    return labels, np.where(labels >= 0, np.take_along_axis(alpha, k[..., None], -1)[..., 0], 0.0).astype(np.float32)
-
-
-def shape_templates(centre, area: float, height: int, width: int) -> dict[str, np.ndarray]:
-    """Anti-aliased coverage [H, W] of each shape at `centre` (x, y), scaled to `area`
-    pixels. The world's shapes of "radius" r have areas pi r^2 (circle, and the square
-    of half-side 0.886 r) and 3 sqrt(3)/4 (1.4 r)^2 (the triangle)."""
-    xs = (np.arange(width, dtype=np.float32) + 0.5)[None, None, :]
-    ys = (np.arange(height, dtype=np.float32) + 0.5)[None, :, None]
-    centre = np.asarray(centre, np.float32)[None]
-    return {s: data.coverage(data.signed_distance(s, math.sqrt(area / a), centre, xs, ys))[0]
-            for s, a in UNIT_AREA.items()}
-
-
-# Area of each shape of "radius" 1 as the world draws it.
-UNIT_AREA = {"circle": math.pi, "square": (2 * 0.886) ** 2, "triangle": 3 * math.sqrt(3) / 4 * 1.4**2}
-
-
-def soft_iou(a, b) -> float:
-    return float(np.minimum(a, b).sum() / max(np.maximum(a, b).sum(), 1e-6))
-
-
-def motion_direction(position, config: DetectorConfig = DetectorConfig()) -> str:
-    """One of the eight `data.DIRECTIONS`, or "still", from a centroid track [T, 2]: the
-    least-squares velocity over the first half of the clip (a fast mover may bounce off a
-    wall later; the world leaves every mover room to go its way for that long)."""
-    position = np.asarray(position, np.float32)
-    t = np.arange(len(position))[: len(position) // 2 + 1]
-    xy = position[: len(t)]
-    ok = ~np.isnan(xy[:, 0])
-    if ok.sum() < 3:
-        return "unknown"
-    t, xy = t[ok], xy[ok]
-    velocity = np.polyfit(t, xy, 1)[0]  # [2] pixels per frame
-    if np.linalg.norm(velocity) < config.still_speed:
-        return "still"
-    return list(data.DIRECTIONS)[int(np.argmax(_EIGHT @ velocity))]
-
-
-def detect(video, config: DetectorConfig = DetectorConfig()) -> Detection:
-    """Read the background and one object per colour (its largest region in each frame)."""
-    video = _check_video(video)
-    T, H, W, _ = video.shape
-    background = estimate_background(video)
-    labels, alpha = unmix(video, background, config)
-    pillar = labels == _NAMES.index("pillar")
-    near_pillar = ndimage.binary_dilation(pillar, structure=np.ones((1, 3, 3), bool))
-    objects = []
-    for k, color in enumerate(_NAMES[:-1]):
-        a = np.where(labels == k, alpha, 0.0)
-        if a.sum() < config.min_area:
-            continue
-        area = np.zeros(T, np.float32)
-        position = np.full((T, 2), np.nan, np.float32)
-        count = np.zeros(T, int)
-        scores, weights = {s: 0.0 for s in data.SHAPES}, 0.0
-        for t in range(T):
-            regions, n = ndimage.label(a[t] > 0, structure=np.ones((3, 3), bool))
-            if n == 0:
-                continue
-            sizes = ndimage.sum(a[t], regions, index=np.arange(1, n + 1))
-            count[t] = int((sizes >= config.min_area).sum())
-            if sizes.max() < config.min_area:
-                continue
-            region = regions == 1 + int(np.argmax(sizes))
-            w = np.where(region, a[t], 0.0)
-            area[t] = w.sum()
-            position[t] = ((w * (np.arange(W) + 0.5)).sum() / area[t], (w.T * (np.arange(H) + 0.5)).sum() / area[t])
-            # Shape, weighted by area, from frames where the object is whole: not cut by the
-            # frame's edge (only anti-aliased fringe there) and clear of the pillar. If it never
-            # is, every frame counts.
-            edge = np.concatenate([w[0], w[-1], w[:, 0], w[:, -1]]).max()
-            weight = area[t] * (1.0 if edge < 0.5 and not near_pillar[t][region].any() else 1e-3)
-            for s, template in shape_templates(position[t], area[t], H, W).items():
-                scores[s] += weight * soft_iou(w, template)
-            weights += weight
-        if not area.any():
-            continue
-        scores = {s: v / weights for s, v in scores.items()}
-        shape = max(scores, key=scores.get)
-        objects.append(DetectedObject(color, shape, scores, area, position, count))
-    objects.sort(key=lambda o: -o.area.mean())
-    columns = np.flatnonzero(pillar.mean(axis=(0, 1)) > 0.5)
-    span = (float(columns.min()), float(columns.max() + 1)) if len(columns) else None
-    return Detection(background, tuple(objects), span)
-
+from sora_mini import fvd
+from sora_mini.dataset import SPLIT_SEED_OFFSETS, make_clip, split_config
+from sora_mini.detect import (  # noqa: F401 (re-exported)
+    DEFAULT_DETECTOR,
+    UNIT_AREA,
+    DetectedObject,
+    Detection,
+    DetectorConfig,
+    detect,
+    estimate_background,
+    motion_direction,
+    shape_templates,
+    soft_iou,
+    unmix,
+)
+from sora_mini.vae import reconstruct
+from sora_mini.video import to_float, to_uint8
+from sora_mini.world import COLORS, DIRECTIONS, GRAVITY, SHAPES, SHAPES_WORLD_PRESETS, SIZES, Clip, ShapesWorldConfig
 
 # ----------------------------------------------------------------------------------------
 # Prompt adherence: does the video show the colour, shape and direction the prompt names?
 
 
-def adherence_clips(n: int, split: str = "test", config: data.ShapesWorldConfig | None = None):
+def adherence_clips(n: int, split: str = "test", config: ShapesWorldConfig | None = None):
     """The first `n` clips of a split (its seeds in order, continuing past the built split
     if needed) that hold exactly one object, moving in a straight line, with no pillar: their
     captions name one colour, one shape and one direction, which a video must then show."""
-    config = data.split_config(config or data.SHAPES_WORLD_PRESETS["tiny"], split)
-    offset, clips = data.SPLIT_SEED_OFFSETS[split], []
+    config = split_config(config or SHAPES_WORLD_PRESETS["tiny"], split)
+    offset, clips = SPLIT_SEED_OFFSETS[split], []
     seed = offset
     while len(clips) < n:
-        clip = data.make_clip(config, seed)
+        clip = make_clip(config, seed)
         seed += 1
         if len(clip.objects) == 1 and clip.objects[0].motion == "linear" and clip.occluder is None:
             clips.append(clip)
@@ -215,8 +62,8 @@ def _horizontal(direction: str) -> str:
     return "right" if direction.endswith("right") else "left" if direction.endswith("left") else ""
 
 
-def prompt_adherence(videos: Sequence[np.ndarray], clips: Sequence[data.Clip],
-                     config: DetectorConfig = DetectorConfig()) -> dict:
+def prompt_adherence(videos: Sequence[np.ndarray], clips: Sequence[Clip],
+                     config: DetectorConfig = DEFAULT_DETECTOR) -> dict:
     """Accuracies of what `detect` reads from `videos[i]` against the truth of `clips[i]`.
 
     The colour is right when the largest object read has the prompted colour (a video full
@@ -249,17 +96,15 @@ _MIRROR_WORDS = {"left": "right", "right": "left"}
 
 def swap_left_right(caption: str) -> str:
     """The caption with every "left" and "right" exchanged."""
-    import re
-
     return re.sub(r"\b(left|right)\b", lambda m: _MIRROR_WORDS[m.group(1)], caption)
 
 
 # direction_control's clips: every mover starts on the side it moves away from.
-LAYOUT_SHORTCUT_WORLD = data.SHAPES_WORLD_PRESETS["tiny"].replace(mover_start="behind")
+LAYOUT_SHORTCUT_WORLD = SHAPES_WORLD_PRESETS["tiny"].replace(mover_start="behind")
 
 
 def direction_control(generate: Callable[[str, int, np.ndarray], np.ndarray], n: int = 48, split: str = "test",
-                      config: DetectorConfig = DetectorConfig(), progress: bool = True) -> dict:
+                      config: DetectorConfig = DEFAULT_DETECTOR, progress: bool = True) -> dict:
     """Does the prompt's direction word steer the motion, or the picture? The clips come
     from the world with `mover_start="behind"`: every mover starts on the side it moves
     away from, so the first frame implies the direction. Image to video from the first
@@ -267,8 +112,6 @@ def direction_control(generate: Callable[[str, int, np.ndarray], np.ndarray], n:
     `follows_prompt` is the share of videos that go where the words say, `follows_layout`
     the share that go where the frame implies. A model that listens scores 1 and 0 (as
     far as the wall it starts beside lets it: fast movers bounce back sooner)."""
-    from tqdm.auto import tqdm
-
     clips = [c for c in adherence_clips(4 * n, split, LAYOUT_SHORTCUT_WORLD) if _horizontal(c.objects[0].direction)][:n]
     prompt, layout = [], []
     for i, clip in enumerate(tqdm(clips, desc="direction control", disable=not progress)):
@@ -280,20 +123,17 @@ def direction_control(generate: Callable[[str, int, np.ndarray], np.ndarray], n:
     return {"follows_prompt": float(np.mean(prompt)), "follows_layout": float(np.mean(layout)), "n": len(clips)}
 
 
-CHANCE = {"color_accuracy": 1 / len(data.COLORS), "shape_accuracy": 1 / len(data.SHAPES),
-          "direction_accuracy": 1 / len(data.DIRECTIONS), "left_right_accuracy": 1 / 2}
+CHANCE = {"color_accuracy": 1 / len(COLORS), "shape_accuracy": 1 / len(SHAPES),
+          "direction_accuracy": 1 / len(DIRECTIONS), "left_right_accuracy": 1 / 2}
 
 
 def vae_reconstructions(vae, videos: Sequence[np.ndarray], batch_size: int = 16) -> list[np.ndarray]:
     """Each video through the VAE and back (posterior mean): what the DiT could at best
     produce, since it only ever makes latents."""
-    from sora_mini import video as video_lib
-    from sora_mini.vae import _reconstruct
-
     out = []
     for i in range(0, len(videos), batch_size):
-        batch = video_lib.to_float(np.stack(videos[i:i + batch_size]))
-        out.extend(video_lib.to_uint8(_reconstruct(vae, batch)[0]))
+        batch = to_float(np.stack(videos[i:i + batch_size]))
+        out.extend(to_uint8(reconstruct(vae, batch)[0]))
     return out
 
 
@@ -304,8 +144,6 @@ def evaluate_adherence(generate: Callable[..., np.ndarray], n: int = 128, split:
     given the `vae`, the clips through the VAE (what latent generation can reach).
     `first_frame=True` scores image-to-video: `generate(prompt, seed, image)` also gets
     the clip's first frame, so only the motion is left to the prompt."""
-    from tqdm.auto import tqdm
-
     clips = adherence_clips(n, split)
     videos = [generate(c.caption, i, c.video[0]) if first_frame else generate(c.caption, i)
               for i, c in enumerate(tqdm(clips, desc="generate", disable=not progress))]
@@ -323,10 +161,10 @@ def evaluate_adherence(generate: Callable[..., np.ndarray], n: int = 128, split:
 # number changes), left/right confusion, broken physics. Each has a measurement here.
 
 
-def world_clips(n: int, split: str = "test", config: data.ShapesWorldConfig | None = None):
+def world_clips(n: int, split: str = "test", config: ShapesWorldConfig | None = None):
     """The first `n` clips of a split, of every kind (1-3 objects, falls, bounces, pillars)."""
-    config = data.split_config(config or data.SHAPES_WORLD_PRESETS["tiny"], split)
-    return [data.make_clip(config, data.SPLIT_SEED_OFFSETS[split] + i) for i in range(n)]
+    config = split_config(config or SHAPES_WORLD_PRESETS["tiny"], split)
+    return [make_clip(config, SPLIT_SEED_OFFSETS[split] + i) for i in range(n)]
 
 
 def object_radius(obj: DetectedObject) -> float:
@@ -337,7 +175,7 @@ def object_radius(obj: DetectedObject) -> float:
 
 def size_of(radius: float, height: int) -> str:
     """"small" or "large": the nearer of the world's two sizes (geometric midpoint)."""
-    small, large = (data.SIZES[k] * height for k in ("small", "large"))
+    small, large = (SIZES[k] * height for k in ("small", "large"))
     return "small" if radius < math.sqrt(small * large) else "large"
 
 
@@ -370,7 +208,7 @@ def permanence_events(obj: DetectedObject, pillar, radius: float) -> int:
 
 def one_step_errors(position, motion: str, radius: float, height: int, width: int, pillar=None) -> np.ndarray:
     """The world's physics predicts each position from the two before it: velocity kept,
-    gravity added for a fall (`data.GRAVITY`), an elastic reflection at the walls. Returns
+    gravity added for a fall (`GRAVITY`), an elastic reflection at the walls. Returns
     the distances (pixels) between prediction and what the video shows, over the steps
     where the object is in view three frames running and clear of the pillar.
 
@@ -378,7 +216,7 @@ def one_step_errors(position, motion: str, radius: float, height: int, width: in
     then it is `p[t] - p'[t-1]` with `p'` the previous position mirrored in the wall. Per
     axis, the prediction takes whichever of the three (no bounce, either wall) fits."""
     p = np.asarray(position, np.float64)
-    accel = np.array([0.0, data.GRAVITY * height]) if motion == "fall" else np.zeros(2)
+    accel = np.array([0.0, GRAVITY * height]) if motion == "fall" else np.zeros(2)
     lo, hi = np.array([radius, radius]), np.array([width - radius, height - radius])
     errors = []
     for t in range(1, len(p) - 1):
@@ -392,8 +230,8 @@ def one_step_errors(position, motion: str, radius: float, height: int, width: in
     return np.asarray(errors, np.float32)
 
 
-def world_model_metrics(videos: Sequence[np.ndarray], clips: Sequence[data.Clip],
-                        config: DetectorConfig = DetectorConfig()) -> dict:
+def world_model_metrics(videos: Sequence[np.ndarray], clips: Sequence[Clip],
+                        config: DetectorConfig = DEFAULT_DETECTOR) -> dict:
     """What `detect` reads from `videos[i]` against the truth of `clips[i]` (whose caption
     was the prompt), for every prompted colour:
 
@@ -412,8 +250,6 @@ def world_model_metrics(videos: Sequence[np.ndarray], clips: Sequence[data.Clip]
     """
     if len(videos) != len(clips):
         raise ValueError(f"need one video per clip, got {len(videos)} videos for {len(clips)} clips")
-    from collections import Counter
-
     rows = {k: [] for k in ("color_recall", "count_accuracy", "count_stability", "shape_accuracy", "size_accuracy",
                             "direction_accuracy", "left_right_accuracy", "permanence", "reappearance")}
     errors = {"linear": [], "fall": []}
@@ -468,8 +304,6 @@ def evaluate_world(generate: Callable[[str, int], np.ndarray], n: int = 128, spl
     ("real") is a second, independent set of n real clips of the same split (the next n
     seeds): the distance two real samples of n clips are apart. The VAE's FVD is that
     second set's reconstructions, so it is measured on the same footing."""
-    from tqdm.auto import tqdm
-
     both = world_clips(2 * n, split)
     clips, others = both[:n], both[n:]
     real = [c.video for c in clips]
@@ -479,8 +313,6 @@ def evaluate_world(generate: Callable[[str, int], np.ndarray], n: int = 128, spl
     if vae is not None:
         result["vae"] = world_model_metrics(vae_reconstructions(vae, real), clips)
     if classifier is not None:
-        from sora_mini import fvd
-
         reference = fvd.features(classifier, real)
         other = [c.video for c in others]
         result["model"]["fvd"] = fvd.frechet_distance(fvd.features(classifier, videos), reference)

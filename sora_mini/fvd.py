@@ -26,24 +26,23 @@ on a CPU.
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 
 import jax.numpy as jnp
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 import scipy.linalg
 from flax import nnx
 
-from sora_mini import data
-from sora_mini.vae import restore_params
+from sora_mini import loop, store
+from sora_mini.captions import ATTRIBUTE_HEADS
+from sora_mini.dataset import SPLIT_SEED_OFFSETS, make_clip, split_config
 from sora_mini.video import to_float
+from sora_mini.world import BACKGROUNDS, SHAPES_WORLD_PRESETS, SIZES, Clip, ShapesWorldConfig
 
-# What the classifier learns to read, with its classes.
-MOTION_CLASSES = data.CAPTION_MOTIONS  # the eight directions, "fall", "still"
-HEADS = {"color": tuple(data.COLORS), "shape": data.SHAPES, "motion": MOTION_CLASSES, "count": (1, 2, 3),
-         "background": tuple(data.BACKGROUNDS)}
+# What the classifier learns to read, with its classes: what a caption names (colour,
+# shape, motion: the eight directions, "fall", "still"), and how many objects, on what.
+CLIP_HEADS = {**ATTRIBUTE_HEADS, "count": (1, 2, 3), "background": tuple(BACKGROUNDS)}
+LOAD_HINT = "train one with `python -m sora_mini train-fvd-classifier --out data/pretrained/classifier`"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,14 +51,27 @@ class ClassifierConfig:
     feature_dim: int = 128
 
 
-def clip_labels(clip: data.Clip) -> dict[str, int]:
+@dataclasses.dataclass(frozen=True)
+class ClassifierTrainConfig:
+    """How `train_classifier` trains: a fresh stream of training-split clips, AdamW."""
+
+    steps: int = 1500
+    batch_size: int = 32
+    learning_rate: float = 2e-3
+    warmup_steps: int = 50
+    weight_decay: float = 1e-4
+    grad_clip: float = 0.0
+    seed: int = 0
+
+
+def clip_labels(clip: Clip) -> dict[str, int]:
     """The classes of one clip: the largest object's colour, shape and motion, the number
     of objects, the background."""
-    first = max(clip.objects, key=lambda o: data.SIZES[o.size])
+    first = max(clip.objects, key=lambda o: SIZES[o.size])
     motion = first.direction if first.motion == "linear" else first.motion
-    return {"color": HEADS["color"].index(first.color), "shape": HEADS["shape"].index(first.shape),
-            "motion": MOTION_CLASSES.index(motion), "count": len(clip.objects) - 1,
-            "background": HEADS["background"].index(clip.background)}
+    return {"color": CLIP_HEADS["color"].index(first.color), "shape": CLIP_HEADS["shape"].index(first.shape),
+            "motion": CLIP_HEADS["motion"].index(motion), "count": len(clip.objects) - 1,
+            "background": CLIP_HEADS["background"].index(clip.background)}
 
 
 class VideoClassifier(nnx.Module):
@@ -75,7 +87,7 @@ class VideoClassifier(nnx.Module):
         self.frame_dense = nnx.Linear(side * side * cin, config.feature_dim, rngs=rngs)
         D = config.feature_dim
         self.temporal = nnx.List([nnx.Conv(D, D, (3,), padding="SAME", rngs=rngs) for _ in range(2)])
-        self.heads = nnx.Dict({k: nnx.Linear(D, len(v), rngs=rngs) for k, v in HEADS.items()})
+        self.heads = nnx.Dict({k: nnx.Linear(D, len(v), rngs=rngs) for k, v in CLIP_HEADS.items()})
 
     def features(self, video):
         """`float [B, T, 32, 32, 3]` in [-1, 1] -> `[B, feature_dim]`."""
@@ -93,54 +105,53 @@ class VideoClassifier(nnx.Module):
         return {k: head(f) for k, head in self.heads.items()}
 
 
-def classifier_loss(model: VideoClassifier, video, labels: dict):
+def video_classifier_loss(model: VideoClassifier, video, labels: dict):
+    """Softmax cross-entropy summed over the heads, and each head's accuracy."""
     logits = model(video)
-    losses = {k: optax.softmax_cross_entropy_with_integer_labels(logits[k], labels[k]).mean() for k in HEADS}
-    accuracy = {f"{k}_acc": (logits[k].argmax(-1) == labels[k]).mean() for k in HEADS}
+    losses = {k: optax.softmax_cross_entropy_with_integer_labels(logits[k], labels[k]).mean() for k in CLIP_HEADS}
+    accuracy = {f"{k}_acc": (logits[k].argmax(-1) == labels[k]).mean() for k in CLIP_HEADS}
     return sum(losses.values()), accuracy
 
 
 @nnx.jit
 def _train_step(model, optimizer, video, labels):
-    (loss, acc), grads = nnx.value_and_grad(classifier_loss, has_aux=True)(model, video, labels)
+    (loss, acc), grads = nnx.value_and_grad(video_classifier_loss, has_aux=True)(model, video, labels)
     optimizer.update(model, grads)
     return {"loss": loss, **acc}
 
 
-def labelled_batch(world: data.ShapesWorldConfig, seeds) -> tuple[np.ndarray, dict]:
-    clips = [data.make_clip(world, int(s)) for s in seeds]
+def labelled_batch(world: ShapesWorldConfig, seeds) -> tuple[np.ndarray, dict]:
+    """`(float32 videos [B, T, H, W, 3], {head: int [B]})` of the clips with these seeds."""
+    clips = [make_clip(world, int(s)) for s in seeds]
     video = to_float(np.stack([c.video for c in clips]))
-    labels = {k: np.asarray([clip_labels(c)[k] for c in clips]) for k in HEADS}
+    labels = {k: np.asarray([clip_labels(c)[k] for c in clips]) for k in CLIP_HEADS}
     return video, labels
 
 
-def train_classifier(steps: int = 1500, batch_size: int = 32, learning_rate: float = 2e-3, seed: int = 0,
-                     world: data.ShapesWorldConfig | None = None, progress: bool = True) -> VideoClassifier:
-    """Train on a fresh stream of training-split clips (seeds `step * B ...`), AdamW with
-    a cosine schedule."""
-    from tqdm.auto import tqdm
+def train_classifier(tc: ClassifierTrainConfig = ClassifierTrainConfig(), world: ShapesWorldConfig | None = None,
+                     progress: bool = True) -> VideoClassifier:
+    """Train on a fresh stream of training-split clips (the batch of step `s`: seeds
+    `s * B ... s * B + B - 1`) on the shared loop."""
+    world = split_config(world or SHAPES_WORLD_PRESETS["tiny"], "train")
+    model = VideoClassifier(rngs=nnx.Rngs(tc.seed))
+    optimizer = nnx.Optimizer(model, loop.make_optimizer(tc), wrt=nnx.Param)
 
-    world = data.split_config(world or data.SHAPES_WORLD_PRESETS["tiny"], "train")
-    model = VideoClassifier(rngs=nnx.Rngs(seed))
-    schedule = optax.warmup_cosine_decay_schedule(0.0, learning_rate, 50, steps, learning_rate * 0.01)
-    optimizer = nnx.Optimizer(model, optax.adamw(schedule, weight_decay=1e-4), wrt=nnx.Param)
-    bar = tqdm(range(steps), desc="train-classifier", disable=not progress)
-    for step in bar:
-        video, labels = labelled_batch(world, range(step * batch_size, (step + 1) * batch_size))
-        metrics = _train_step(model, optimizer, jnp.asarray(video), labels)
-        if step % 20 == 0:
-            bar.set_postfix({k: f"{float(v):.3f}" for k, v in metrics.items() if k in ("loss", "motion_acc")})
+    def run_step(step):
+        video, labels = labelled_batch(world, range(step * tc.batch_size, (step + 1) * tc.batch_size))
+        return _train_step(model, optimizer, jnp.asarray(video), labels)
+
+    loop.run_loop(run_step, steps=tc.steps, desc="train-fvd-classifier", log_every=20, progress=progress)
     return model
 
 
 def classifier_accuracy(model: VideoClassifier, n: int = 256, split: str = "test", batch_size: int = 64) -> dict:
-    world = data.split_config(data.SHAPES_WORLD_PRESETS["tiny"], split)
-    offset = data.SPLIT_SEED_OFFSETS[split]
-    hits = {k: [] for k in HEADS}
+    world = split_config(SHAPES_WORLD_PRESETS["tiny"], split)
+    offset = SPLIT_SEED_OFFSETS[split]
+    hits = {k: [] for k in CLIP_HEADS}
     for i in range(0, n, batch_size):
         video, labels = labelled_batch(world, range(offset + i, offset + min(n, i + batch_size)))
         logits = _logits(model, jnp.asarray(video))
-        for k in HEADS:
+        for k in CLIP_HEADS:
             hits[k].extend((np.asarray(logits[k]).argmax(-1) == labels[k]).tolist())
     return {k: float(np.mean(v)) for k, v in hits.items()}
 
@@ -184,34 +195,9 @@ def fvd(model: VideoClassifier, videos_a, videos_b) -> float:
 
 
 # ----------------------------------------------------------------------------------------
-# Shipping: `data/pretrained/classifier/` holds config.json, params/ and manifest.json.
-
-
-def export_classifier(model: nnx.Module, path: str, manifest: dict) -> None:
-    """Save any classifier whose `.config` is a dataclass: weights, config and manifest."""
-    path = os.path.abspath(path)
-    tmp = path + ".partial"
-    import shutil
-
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    with ocp.StandardCheckpointer() as ckptr:
-        ckptr.save(os.path.join(tmp, "params"), nnx.state(model, nnx.Param))
-    with open(os.path.join(tmp, "config.json"), "w") as f:
-        json.dump(dataclasses.asdict(model.config), f, indent=2)
-    with open(os.path.join(tmp, "manifest.json"), "w") as f:
-        json.dump(manifest, f, indent=2)
-    shutil.rmtree(path, ignore_errors=True)
-    os.replace(tmp, path)
+# Loading: `data/pretrained/classifier/` (written by `export.export_classifier`).
 
 
 def load_classifier(path: str = "data/pretrained/classifier") -> VideoClassifier:
-    path = os.path.abspath(path)
-    if not os.path.exists(os.path.join(path, "config.json")):
-        raise FileNotFoundError(f"no video classifier at {path}: train one with "
-                                "`python -m sora_mini train-classifier --out data/pretrained/classifier`")
-    with open(os.path.join(path, "config.json")) as f:
-        raw = json.load(f)
-    config = ClassifierConfig(**{**raw, "channels": tuple(raw["channels"])})
-    return restore_params(nnx.eval_shape(lambda: VideoClassifier(config, rngs=nnx.Rngs(0))), path,
-                          what="video classifier weights")
+    return store.load_model(path, ClassifierConfig, lambda c: VideoClassifier(c, rngs=nnx.Rngs(0)),
+                            what="video classifier", hint=LOAD_HINT)

@@ -4,8 +4,7 @@ Classifier-free guidance only amplifies what the DiT learned from its captions. 
 learns is what its loss pays for, and the diffusion loss pays almost nothing for the
 direction of motion: once an object can be seen in `x_t` at all, its motion can be read
 from `x_t` itself, so the caption's direction word is worth little in mean squared error
-(the course's first tiny model read direction at 0.21 over eight directions; the
-caption-attribute loss and absolute positions of chapter 06 brought it to 0.78). A
+(chapter 06's caption-attribute loss and absolute positions are one answer). A
 classifier trained to say what the caption says pays for every word it gets wrong.
 
 Dhariwal & Nichol ("Diffusion Models Beat GANs on Image Synthesis", 2021): with a
@@ -29,7 +28,7 @@ frames, which read how they move; the time embedding is added after each stage (
 latent looks different at every t). For each property (colour, shape, motion) it says
 which classes some object in the clip has: a sigmoid per class, so a clip of a red
 circle and a blue square is red *and* blue. Guidance then raises the log-probability of
-what the prompt names (`data.parse_caption`, every clause).
+what the prompt names (`captions.parse_caption`, every clause).
 
     x_t [B, t, h, w, c] -> per frame: Conv 3x3, Conv 3x3 stride 2 (+ time) -> flatten -> Dense (+ time)
       -> [B, t, D] -> 2 x residual Conv over time -> mean over t -> LayerNorm
@@ -39,8 +38,6 @@ what the prompt names (`data.parse_caption`, every clause).
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 
 import jax
 import jax.numpy as jnp
@@ -48,14 +45,13 @@ import numpy as np
 import optax
 from flax import nnx
 
-from sora_mini import data, fvd
+from sora_mini import loop, store
+from sora_mini.captions import ATTRIBUTE_HEADS, caption_labels
+from sora_mini.dataset import batch_indices
 from sora_mini.diffusion import DiffusionConfig, add_noise, shift_time
 from sora_mini.dit import TimestepEmbedder
-from sora_mini.vae import restore_params
 
-# What a caption says of an object, with its classes: FVD's classifier reads the same three.
-HEADS = {k: fvd.HEADS[k] for k in ("color", "shape", "motion")}
-ATTRIBUTE_CLASSES = sum(len(classes) for classes in HEADS.values())  # 8 + 3 + 10
+LOAD_HINT = "train one with `python -m sora_mini train-guidance`"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,7 +80,7 @@ class LatentClassifier(nnx.Module):
         self.frame_dense = nnx.Linear(((h + 1) // 2) * ((w + 1) // 2) * c2, D, rngs=rngs)
         self.temporal = nnx.List([nnx.Conv(D, D, (3,), padding="SAME", rngs=rngs) for _ in range(2)])
         self.norm = nnx.LayerNorm(D, rngs=rngs)
-        self.heads = nnx.Dict({k: nnx.Linear(D, len(v), rngs=rngs) for k, v in HEADS.items()})
+        self.heads = nnx.Dict({k: nnx.Linear(D, len(v), rngs=rngs) for k, v in ATTRIBUTE_HEADS.items()})
 
     def __call__(self, x, time):
         c = self.config
@@ -104,31 +100,13 @@ class LatentClassifier(nnx.Module):
         return {k: head(f) for k, head in self.heads.items()}
 
 
-def caption_labels(captions) -> dict[str, np.ndarray]:
-    """`float32 [N, classes]` per head: 1 for each class some clause of the caption names
-    (`data.parse_caption`), 0 otherwise. A head a caption says nothing about is all 0."""
-    out = {k: np.zeros((len(captions), len(classes)), np.float32) for k, classes in HEADS.items()}
-    for i, caption in enumerate(captions):
-        for clause in data.parse_caption(str(caption)):
-            for k, classes in HEADS.items():
-                if clause[k] is not None:
-                    out[k][i, classes.index(clause[k])] = 1.0
-    return out
-
-
-def caption_label_matrix(captions) -> np.ndarray:
-    """`float32 [N, K]`: `caption_labels`' heads side by side (colour, shape, motion; K = 21),
-    the targets of the text encoder's attribute head (`text.TextConfig.attribute_classes`)."""
-    return np.concatenate(list(caption_labels(captions).values()), axis=1)
-
-
 def log_prob(model: LatentClassifier, x, time, labels: dict):
     """`[B]`: `sum log p(class present | x_t)` over the classes `labels` marks 1."""
     logits = model(x, time)
     return sum((jax.nn.log_sigmoid(logits[k]) * y).sum(-1) for k, y in labels.items())
 
 
-def classifier_loss(model: LatentClassifier, x, time, labels: dict):
+def latent_classifier_loss(model: LatentClassifier, x, time, labels: dict):
     """Binary cross-entropy per class; `exact` accuracy per head: every class right."""
     logits = model(x, time)
     losses, acc = {}, {}
@@ -151,6 +129,7 @@ class GuidanceTrainConfig:
     learning_rate: float = 1e-3
     warmup_steps: int = 100
     weight_decay: float = 1e-4
+    grad_clip: float = 0.0
     latent_scale: float = 1.0  # the DiT's: the classifier reads the sampler's latents
     seed: int = 0
 
@@ -162,7 +141,7 @@ def make_classifier_train_step(diffusion_config: DiffusionConfig, tc: GuidanceTr
         z = (mean + jnp.exp(0.5 * logvar) * jax.random.normal(k_z, mean.shape)) * tc.latent_scale
         t = guidance_times(k_t, z.shape[0], diffusion_config)
         x = add_noise(z, jax.random.normal(k_eps, z.shape), t, diffusion_config)
-        (loss, acc), grads = nnx.value_and_grad(classifier_loss, has_aux=True)(model, x, t, labels)
+        (loss, acc), grads = nnx.value_and_grad(latent_classifier_loss, has_aux=True)(model, x, t, labels)
         optimizer.update(model, grads)
         return {"loss": loss, **acc}
 
@@ -172,29 +151,22 @@ def make_classifier_train_step(diffusion_config: DiffusionConfig, tc: GuidanceTr
 def train_latent_classifier(latents: dict, tc: GuidanceTrainConfig, diffusion_config: DiffusionConfig,
                             config: LatentClassifierConfig | None = None, progress: bool = True):
     """Train on a latent cache (`encode-latents`: `mean`, `logvar` `[N, t, h, w, c]`,
-    `caption` `[N]`), noised as the sampler sees them. Returns `(model, log)`."""
-    from tqdm.auto import tqdm
-
-    from sora_mini.train import latent_batch_indices
-
+    `caption` `[N]`), noised as the sampler sees them, on the shared loop. Returns
+    `(model, log)`."""
     mean, logvar = np.asarray(latents["mean"], np.float32), np.asarray(latents["logvar"], np.float32)
     labels = caption_labels(latents["caption"])
     config = config or LatentClassifierConfig(in_channels=mean.shape[-1], latent_size=mean.shape[2:4])
     model = LatentClassifier(config, rngs=nnx.Rngs(tc.seed))
-    warmup = min(tc.warmup_steps, tc.steps // 2)
-    schedule = optax.warmup_cosine_decay_schedule(0.0, tc.learning_rate, warmup, max(tc.steps, warmup + 1),
-                                                  tc.learning_rate * 0.01)
-    optimizer = nnx.Optimizer(model, optax.adamw(schedule, weight_decay=tc.weight_decay), wrt=nnx.Param)
+    optimizer = nnx.Optimizer(model, loop.make_optimizer(tc), wrt=nnx.Param)
     step_fn = make_classifier_train_step(diffusion_config, tc)
-    key, log = jax.random.key(tc.seed), []
-    bar = tqdm(range(tc.steps), desc="train-guidance", disable=not progress)
-    for step in bar:
-        rows = latent_batch_indices(len(mean), step, tc.batch_size, tc.seed)
-        metrics = step_fn(model, optimizer, mean[rows], logvar[rows], {k: v[rows] for k, v in labels.items()},
-                          jax.random.fold_in(key, step))
-        if step % 20 == 0 or step == tc.steps - 1:
-            log.append({"step": step, **{k: float(v) for k, v in metrics.items()}})
-            bar.set_postfix({k: f"{log[-1][k]:.3f}" for k in ("loss", "motion_acc")})
+    key = jax.random.key(tc.seed)
+
+    def run_step(step):
+        rows = batch_indices(len(mean), step, tc.batch_size, tc.seed)
+        return step_fn(model, optimizer, mean[rows], logvar[rows], {k: v[rows] for k, v in labels.items()},
+                       jax.random.fold_in(key, step))
+
+    log = loop.run_loop(run_step, steps=tc.steps, desc="train-guidance", log_every=20, progress=progress)
     return model, log
 
 
@@ -234,18 +206,10 @@ def classifier_grad_fn(model: LatentClassifier, labels: dict):
 
 
 # ----------------------------------------------------------------------------------------
-# Shipping: `<model>/guidance/` holds config.json, params/ and manifest.json beside the DiT
-# (written by `fvd.export_classifier`, which saves any classifier with a config).
+# Loading: `<model>/guidance/` holds config.json, params/ and manifest.json beside the DiT
+# (written by `export.export_classifier`); `TextToVideo.from_pretrained` loads it.
 
 
 def load_latent_classifier(path: str) -> LatentClassifier:
-    config_file = os.path.join(os.path.abspath(path), "config.json")
-    if not os.path.exists(config_file):
-        raise FileNotFoundError(f"no guidance classifier at {path} (expected config.json and params/): train one "
-                                "with `python -m sora_mini train-guidance`")
-    with open(config_file) as f:
-        raw = json.load(f)
-    config = LatentClassifierConfig(**{**raw, "latent_size": tuple(raw["latent_size"]),
-                                       "channels": tuple(raw["channels"])})
-    return restore_params(nnx.eval_shape(lambda: LatentClassifier(config, rngs=nnx.Rngs(0))), path,
-                          what="guidance classifier weights")
+    return store.load_model(path, LatentClassifierConfig, lambda c: LatentClassifier(c, rngs=nnx.Rngs(0)),
+                            what="guidance classifier", hint=LOAD_HINT)

@@ -1,217 +1,35 @@
-"""Text to video: the trained pieces put together (chapters 06-07).
+"""Text to video, the product (chapters 06-08): `TextToVideo` turns prompts into videos.
 
-`TextToVideoModel` is what diffusion training optimises: the text encoder and the DiT,
-trained jointly, with the encoder's `<cls>` output as the pooled text the DiT's adaLN
-reads and its token embeddings as what cross-attention reads.
-
-    ids, mask [B, L] --TextEncoder--> tokens [B, L, Dt], pooled [B, Dt]
-    noisy latent [B, t, h, w, c], time [B] --DiT(tokens, mask, pooled)--> prediction
-
-`TextToVideo` samples with one such model, or with two experts on one path (eDiff-I,
-Wan 2.2): the main model while `t > low_noise_below`, a low-noise expert after.
+It samples with one `model.TextToVideoModel`, or with two experts on one path (eDiff-I,
+Wan 2.2): the main model while `t > low_noise_below`, a low-noise expert after; with
+classifier-free guidance, optionally classifier guidance, and known frames for
+image-to-video, extension, interpolation and editing.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 from flax import nnx
 
 from sora_mini import guidance as guidance_lib
-from sora_mini import train
-from sora_mini.diffusion import DiffusionConfig
-from sora_mini.dit import DiT, DiTConfig
+from sora_mini import store
+from sora_mini.captions import caption_labels
+from sora_mini.model import (
+    TextToVideoModel,
+    check_experts,
+    check_switch,
+    configs_from_settings,
+    load_text_to_video_model,
+)
 from sora_mini.patchify import patch_grid
 from sora_mini.sampling import SAMPLERS, sample
-from sora_mini.text import PAD_ID, TextConfig, TextEncoder, Tokenizer
-from sora_mini.vae import PRETRAINED_DTYPE, VideoVAE, check_video_shape, restore_params
-from sora_mini.video import _check_video, to_float, to_uint8
-
-
-class TextToVideoModel(nnx.Module):
-    def __init__(self, text_config: TextConfig, dit_config: DiTConfig, *, rngs: nnx.Rngs):
-        if dit_config.text_dim != text_config.dim:
-            raise ValueError(f"the DiT reads text of width {dit_config.text_dim}, but the text encoder makes "
-                             f"width {text_config.dim}")
-        self.text = TextEncoder(text_config, rngs=rngs)
-        self.dit = DiT(dit_config, rngs=rngs)
-
-    def __call__(self, x, time, ids, mask, *, known=None, known_mask=None):
-        """Noisy latents `[B, t, h, w, c]`, times `[B]`, token ids and mask `[B, L]`; known
-        latent frames and their mask `[B, t]` for a frame-conditioned DiT."""
-        return self.denoise(x, time, self.text(ids, mask), mask, known=known, known_mask=known_mask)
-
-    def denoise(self, x, time, encoded, mask, *, known=None, known_mask=None):
-        """The DiT on an already encoded caption, `encoded = self.text(ids, mask)`: training
-        encodes once and also reads `pooled` for the caption-attribute loss."""
-        tokens, pooled = encoded
-        return self.dit(x, time, text=tokens, text_mask=mask, text_pooled=pooled, known=known, known_mask=known_mask)
-
-
-def init_from_pretrained(model: TextToVideoModel, path: str) -> dict:
-    """Copy the pretrained model in `path` (`dit/`) into `model` (`copy_weights`), to
-    fine-tune it. Returns the pretrained model's manifest."""
-    copy_weights(_load_model(os.path.join(path, "dit"))[0], model)  # (see copy_weights for what may change)
-    with open(os.path.join(path, "dit", "manifest.json")) as f:
-        return json.load(f)
-
-
-def copy_weights(source: TextToVideoModel, target: TextToVideoModel) -> None:
-    """`target` takes `source`'s weights. The configs must agree except that `target` may
-    add `frame_conditioning`, `absolute_pos`, an `output_conv` or a text `attribute_head`
-    (for the caption-attribute loss; it keeps its fresh init), and starts as exactly the
-    same function: a text-to-video model grows into a frame-conditioned one by widening the
-    patch embedding with zero rows for the new input channels (known frames, mask), as
-    InstructPix2Pix widens Stable Diffusion; the absolute-position projection and the
-    output convolution's kernel start at zero."""
-    old, new = source.dit.config, target.dit.config
-    grown = old.replace(frame_conditioning=new.frame_conditioning, absolute_pos=new.absolute_pos,
-                        output_conv=old.output_conv or new.output_conv)
-    text_old, text_new = source.text.config, target.text.config
-    if text_old.attribute_classes == 0:
-        text_old = text_old.replace(attribute_classes=text_new.attribute_classes)
-    if old.frame_conditioning and not new.frame_conditioning:
-        raise ValueError("the source model reads known frames; the target must be frame-conditioned too")
-    if old.absolute_pos and not new.absolute_pos:
-        raise ValueError("the source model has absolute positions; the target must have them too")
-    if text_old != text_new or grown != new:
-        raise ValueError(f"cannot copy weights between different models (only frame_conditioning, absolute_pos, "
-                         f"output_conv and an attribute head may be added): {source.text.config}, {old} -> "
-                         f"{text_new}, {new}")
-    params = nnx.state(source, nnx.Param)
-    if old.input_channels != new.input_channels:  # rows are ordered (position in the patch, channel)
-        kernel = params["dit"]["patch_embed"]["kernel"][...]  # [P * c_in, D]
-        P = kernel.shape[0] // old.input_channels
-        kernel = jnp.pad(kernel.reshape(P, old.input_channels, -1),
-                         ((0, 0), (0, new.input_channels - old.input_channels), (0, 0)))
-        params["dit"]["patch_embed"]["kernel"] = nnx.Param(kernel.reshape(P * new.input_channels, -1))
-    nnx.update(target, params)
-
-
-# ----------------------------------------------------------------------------------------
-# Shipping and using the trained model: `export_pretrained` writes `dit/` beside a
-# `vae/`; `TextToVideo.from_pretrained` loads both and turns prompts into videos.
-
-
-def export_pretrained(run_dir: str, path: str, vae_path: str, *, extra: dict | None = None,
-                      low_noise_below: float | None = None) -> dict:
-    """Write `path/dit/` (config.json, the EMA weights as Orbax `params/`, manifest.json,
-    log.jsonl) from a `train-dit` run, and copy the VAE it was trained with to `path/vae/`.
-    With `low_noise_below = T`, write `path/low_noise/` instead: the low-noise expert that
-    denoises at times `t <= T` for the model already in `path` (same VAE, same latents).
-    Returns the manifest."""
-    with open(os.path.join(run_dir, "train_config.json")) as f:
-        settings = json.load(f)
-    name = "dit" if low_noise_below is None else "low_noise"
-    max_time = settings["diffusion"].get("max_time", 1.0)
-    if low_noise_below is None and max_time < 1:
-        raise ValueError(f"the DiT run {run_dir} trained only on times t < {max_time:g}, so it cannot start sampling "
-                         f"from noise: export it as a low-noise expert (low_noise_below <= {max_time:g})")
-    if low_noise_below is not None:
-        main = _read_config(os.path.join(path, "dit"))
-        _check_experts(main, settings, low_noise_below, latent_scale=settings["train"]["latent_scale"])
-    model = _abstract_model(settings)
-    ema_target = nnx.state(model, nnx.Param)
-    manager = train.checkpoint_manager(os.path.join(run_dir, "checkpoints"), read_only=True)
-    try:
-        step = manager.latest_step()
-        if step is None:
-            raise FileNotFoundError(f"the DiT run {run_dir} has no checkpoint yet")
-        ema = manager.restore(step, args=ocp.args.Composite(ema=ocp.args.StandardRestore(ema_target)))["ema"]
-    finally:
-        manager.close()
-    path = os.path.abspath(path)
-    tmp = path + ".partial"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(os.path.join(tmp, name))
-    config = {k: settings[k] for k in ("text", "dit", "diffusion")}
-    config["latent_scale"] = settings["train"]["latent_scale"]
-    # Shipped as float16, like the VAE: half the size, and sampling cannot tell the difference.
-    config["weights_dtype"] = jnp.dtype(PRETRAINED_DTYPE).name
-    if low_noise_below is not None:
-        config["low_noise_below"] = float(low_noise_below)
-    train._write_json(os.path.join(tmp, name, "config.json"), config)
-    with ocp.StandardCheckpointer() as ckptr:
-        ckptr.save(os.path.join(tmp, name, "params"), jax.tree.map(lambda x: x.astype(PRETRAINED_DTYPE), ema))
-    # The log up to the checkpoint's step: a run stopped after its last save logged more.
-    log = [row for row in train.read_log(run_dir) if row["step"] <= step]
-    with open(os.path.join(tmp, name, "log.jsonl"), "w") as f:
-        f.writelines(json.dumps(row) + "\n" for row in log)
-    manifest = {"model": "TextToVideoModel (EMA weights)", "params": sum(x.size for x in jax.tree.leaves(ema)),
-                "steps": step, "wall_time_s": log[-1]["time"], "final_train_loss": log[-1]["loss"],
-                "train": settings["train"], **(extra or {})}
-    train._write_json(os.path.join(tmp, name, "manifest.json"), manifest)
-    pieces = [name]
-    if low_noise_below is None:
-        shutil.copytree(vae_path, os.path.join(tmp, "vae"))
-        pieces.append("vae")
-    for piece in pieces:  # replace piece by piece, each only once complete
-        shutil.rmtree(os.path.join(path, piece), ignore_errors=True)
-        os.makedirs(path, exist_ok=True)
-        os.replace(os.path.join(tmp, piece), os.path.join(path, piece))
-    shutil.rmtree(tmp, ignore_errors=True)
-    return manifest
-
-
-def _read_config(directory: str) -> dict:
-    config_file = os.path.join(directory, "config.json")
-    if not os.path.exists(config_file):
-        raise FileNotFoundError(f"no pretrained text-to-video model at {os.path.dirname(directory)} (expected "
-                                f"{os.path.basename(directory)}/config.json and vae/): train one with "
-                                "`python -m sora_mini train-dit` and export it")
-    with open(config_file) as f:
-        return json.load(f)
-
-
-def _load_model(directory: str) -> tuple[TextToVideoModel, dict]:
-    """The text encoder and DiT exported to `directory` (`dit/` or `low_noise/`), in float32."""
-    settings = _read_config(directory)
-    model = restore_params(_abstract_model(settings), directory, what="DiT weights",
-                           stored_dtype=jnp.dtype(settings.get("weights_dtype", "float32")))
-    return model, settings
-
-
-def _check_switch(low_noise_below) -> float:
-    below = float(low_noise_below)
-    if not 0.0 <= below <= 1.0:
-        raise ValueError(f"low_noise_below is a time in [0, 1] (0: the main model throughout), got {low_noise_below!r}")
-    return below
-
-
-def _check_experts(main: dict, low: dict, low_noise_below: float, latent_scale: float) -> None:
-    """Two experts denoise one sampling path: the same latents (VAE, scale), the same
-    prediction on the same time axis, the same tokens."""
-    _check_switch(low_noise_below)
-    same = {"latent_scale": (main["latent_scale"], latent_scale),
-            "latent channels": (main["dit"]["in_channels"], low["dit"]["in_channels"]),
-            "vocabulary": ((main["text"]["vocab_size"], main["text"]["max_length"]),
-                           (low["text"]["vocab_size"], low["text"]["max_length"]))}
-    for key in ("objective", "prediction", "schedule"):
-        same[f"diffusion {key}"] = (main["diffusion"][key], low["diffusion"][key])
-    differ = [f"{k}: {a!r} against {b!r}" for k, (a, b) in same.items() if a != b]
-    if differ:
-        raise ValueError(f"the low-noise expert does not fit the main model ({'; '.join(differ)})")
-    max_time = low["diffusion"].get("max_time", 1.0)
-    if low_noise_below > max_time:
-        raise ValueError(f"the low-noise expert trained only on times t < {max_time:g}; it cannot take over at "
-                         f"low_noise_below = {low_noise_below:g}")
-
-
-def _configs(settings: dict):
-    text = TextConfig(**settings["text"])
-    dit = DiTConfig(**{**settings["dit"], "patch_size": tuple(settings["dit"]["patch_size"])})
-    return text, dit, DiffusionConfig(**settings["diffusion"])
-
-
-def _abstract_model(settings: dict) -> TextToVideoModel:
-    text, dit, _ = _configs(settings)
-    return nnx.eval_shape(lambda: TextToVideoModel(text, dit, rngs=nnx.Rngs(0)))
+from sora_mini.text import PAD_ID, Tokenizer
+from sora_mini.vae import VideoVAE, check_video_shape
+from sora_mini.video import check_video, to_float, to_uint8
 
 
 class TextToVideo:
@@ -236,18 +54,17 @@ class TextToVideo:
     @classmethod
     def from_pretrained(cls, path) -> TextToVideo:
         path = os.path.abspath(os.fspath(path))
-        model, settings = _load_model(os.path.join(path, "dit"))
-        _, _, diffusion = _configs(settings)
+        model, settings = load_text_to_video_model(os.path.join(path, "dit"))
+        _, _, diffusion = configs_from_settings(settings)
         low, below = None, 0.0
         if os.path.exists(os.path.join(path, "low_noise", "config.json")):  # optional: a low-noise expert
-            low, low_settings = _load_model(os.path.join(path, "low_noise"))
+            low, low_settings = load_text_to_video_model(os.path.join(path, "low_noise"))
             below = low_settings["low_noise_below"]
-            _check_experts(settings, low_settings, below, low_settings["latent_scale"])
+            check_experts(settings, low_settings, below, low_settings["latent_scale"])
         classifier, scale = None, 0.0
         if os.path.exists(os.path.join(path, "guidance", "config.json")):  # optional: classifier guidance
             classifier = guidance_lib.load_latent_classifier(os.path.join(path, "guidance"))
-            with open(os.path.join(path, "guidance", "manifest.json")) as f:
-                scale = json.load(f).get("classifier_guidance", 0.0)
+            scale = store.read_json(os.path.join(path, "guidance", "manifest.json")).get("classifier_guidance", 0.0)
         return cls(VideoVAE.from_pretrained(os.path.join(path, "vae")), model, diffusion, settings["latent_scale"],
                    classifier=classifier, classifier_guidance=scale, low_noise_model=low, low_noise_below=below)
 
@@ -308,7 +125,7 @@ class TextToVideo:
     def encode(self, video) -> jax.Array:
         """`uint8 [T, H, W, 3]` -> the latent `[t, h, w, c]` the DiT works in (the VAE's
         posterior mean, times the latent scale)."""
-        video = _check_video(video)
+        video = check_video(video)
         check_video_shape(self.vae.config, *video.shape[:3])
         mean, _ = _vae_encode(self.vae, jnp.asarray(to_float(video))[None])
         return mean[0] * self.latent_scale
@@ -429,7 +246,7 @@ class TextToVideo:
             if not 0.0 <= strength <= 1.0:
                 raise ValueError(f"strength must lie in [0, 1], got {strength}")
             if strength == 0.0:
-                return _check_video(video).copy()  # nothing is noised, nothing is changed
+                return check_video(video).copy()  # nothing is noised, nothing is changed
             start, known, known_mask = self.encode(video), jnp.zeros(latent), np.zeros(latent[0], np.float32)
         else:
             start = jnp.zeros(latent)
@@ -458,7 +275,7 @@ class TextToVideo:
         return scale
 
     def _low_noise_below(self, low_noise_below) -> float:
-        below = _check_switch(self.low_noise_below if low_noise_below is None else low_noise_below)
+        below = check_switch(self.low_noise_below if low_noise_below is None else low_noise_below)
         if below > 0 and self.low_noise_model is None:
             raise ValueError("low_noise_below needs a low-noise expert: this model has none (export one with "
                              "`python -m sora_mini train-dit ... --export <model> --low-noise-below T`)")
@@ -477,7 +294,7 @@ class TextToVideo:
                             classify=classifier_scale > 0, experts=below > 0)
         scale = jnp.float32(1.0 if guidance is None else guidance)
         start = jnp.zeros(latent) if start is None else start
-        labels = guidance_lib.caption_labels([prompt])  # what the prompt names: float32 [1, classes] per head
+        labels = caption_labels([prompt])  # what the prompt names: float32 [1, classes] per head
         return run(self.model, self.low_noise_model if below > 0 else None, jnp.float32(below),
                    self.classifier if classifier_scale > 0 else None, ids, mask, empty_ids, noise, k_sample, scale,
                    jnp.asarray(known)[None], jnp.asarray(known_mask, jnp.float32)[None], jnp.asarray(start)[None],
@@ -520,7 +337,7 @@ MODES = (None, "extend", "extend_backward", "edit")
 
 def _as_clip(frames) -> np.ndarray:
     """An image `[H, W, 3]` or a clip `[T, H, W, 3]` (uint8) as a clip."""
-    return _check_video(frames if np.ndim(frames) == 4 else np.asarray(frames)[None])
+    return check_video(frames if np.ndim(frames) == 4 else np.asarray(frames)[None])
 
 
 @nnx.jit

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from sora_mini.data import CAPTION_WORD
+from sora_mini.captions import CAPTION_WORD, caption_vocabulary
 
 PAD, UNK, CLS = "<pad>", "<unk>", "<cls>"
 SPECIALS = (PAD, UNK, CLS)  # ids 0, 1, 2
@@ -56,8 +56,6 @@ class Tokenizer:
     @classmethod
     def shapes_world(cls, max_length: int = 72) -> Tokenizer:
         """The tokenizer for shapes-world captions: every word the grammar can write."""
-        from sora_mini.data import caption_vocabulary
-
         return cls(caption_vocabulary(), max_length)
 
     @property

@@ -1,33 +1,49 @@
-"""Training loops: one jitted step, Optax AdamW with warm-up + cosine, Orbax checkpoints
-that resume exactly, a tqdm bar and a JSON-lines loss log.
+"""Training the course's models (chapters 02 and 06), on the shared loop of `sora_mini.loop`.
 
-Chapter 02 trains the VAE here. The VAE sees a fresh, endless stream of shapes-world clips:
-the batch of step `s` is made from clip seeds `s * B ... s * B + B - 1` of the training
-range, and the noise key is `fold_in(key, s)`, so a run killed at step `s` and resumed from
-its checkpoint replays exactly the batches and keys an uninterrupted run would have used.
+- `train_vae` (chapter 02): the VAE sees a fresh, endless stream of shapes-world clips: the
+  batch of step `s` is made from clip seeds `s * B ... s * B + B - 1` of the training range
+  (`dataset.world_batch`), and the noise key is `fold_in(key, s)`.
+- `encode_dataset`: the latent cache the DiT trains on, as DiT and Open-Sora do.
+- `train_dit` (chapter 06): the text encoder and the DiT, jointly, on that cache: the batch
+  of step `s` is rows `dataset.batch_indices(N, s, B, seed)`, the key `fold_in(key, s)`.
+Both resume exactly from their last checkpoint.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import time
+import shutil
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 from flax import nnx
 from tqdm.auto import tqdm
 
-from sora_mini import data as data_lib
+from sora_mini import diffusion, loop, store
 from sora_mini import vae as vae_lib
+from sora_mini.captions import caption_label_matrix
+from sora_mini.dataset import batch_indices, world_batch
+from sora_mini.metrics import psnr_from_mse
+from sora_mini.text import PAD_ID, Tokenizer
+from sora_mini.video import to_float
+from sora_mini.world import ShapesWorldConfig
+
+
+@nnx.jit
+def vae_train_step(model: vae_lib.VideoVAE, optimizer: nnx.Optimizer, video, key):
+    (_, metrics), grads = nnx.value_and_grad(vae_lib.vae_loss, has_aux=True)(model, video, key)
+    optimizer.update(model, grads)
+    metrics["grad_norm"] = optax.tree_utils.tree_norm(grads)
+    return metrics
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainConfig:
+class VAETrainConfig:
+    """How `train_vae` trains a VAE: a fresh stream of shapes-world clips, AdamW."""
+
     steps: int = 2000
     batch_size: int = 8
     num_frames: int = 9  # training clip length (1 + k * f_t); the VAE is convolutional in time
@@ -45,65 +61,8 @@ class TrainConfig:
     seed: int = 0
 
 
-def matmul_gflops(n: int = 2048, repeats: int = 10) -> float:
-    """This machine's float32 matmul throughput in FLOP/s (an `n x n` product, compiled,
-    best of `repeats`): the yardstick for a training step's achieved FLOP/s and for
-    scaling `train-all`'s time estimate to a faster or slower machine."""
-    a = jax.random.normal(jax.random.key(0), (n, n))
-    f = jax.jit(lambda a: a @ a)
-    f(a).block_until_ready()
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        f(a).block_until_ready()
-        best = min(best, time.perf_counter() - t0)
-    return 2 * n ** 3 / best
-
-
-def make_optimizer(tc: TrainConfig) -> optax.GradientTransformation:
-    schedule = optax.warmup_cosine_decay_schedule(
-        0.0, tc.learning_rate, warmup_steps=tc.warmup_steps, decay_steps=max(tc.steps, tc.warmup_steps + 1),
-        end_value=tc.learning_rate * 0.01)
-    return optax.chain(optax.clip_by_global_norm(tc.grad_clip),
-                       optax.adamw(schedule, weight_decay=tc.weight_decay))
-
-
-def world_batch(world: data_lib.ShapesWorldConfig, step: int, batch_size: int,
-                crop_size: int | None = None) -> np.ndarray:
-    """`float32 [B, T, H, W, 3]` in [-1, 1]: the training clips of step `step`, each cut to a
-    random `crop_size` square (the crop offsets, too, are a function of `step`)."""
-    seeds = range(step * batch_size, (step + 1) * batch_size)  # inside the train seed range
-    video = np.stack([data_lib.make_clip(world, s).video for s in seeds])
-    if crop_size is not None:
-        if not 0 < crop_size <= min(world.height, world.width):
-            raise ValueError(f"crop_size must lie in 1..{min(world.height, world.width)}, got {crop_size}")
-        rng = np.random.default_rng([step, 7])
-        ys = rng.integers(0, world.height - crop_size + 1, batch_size)
-        xs = rng.integers(0, world.width - crop_size + 1, batch_size)
-        video = np.stack([v[:, y:y + crop_size, x:x + crop_size] for v, y, x in zip(video, ys, xs)])
-    return video.astype(np.float32) / 127.5 - 1.0
-
-
-@nnx.jit
-def vae_train_step(model: vae_lib.VideoVAE, optimizer: nnx.Optimizer, video, key):
-    (_, metrics), grads = nnx.value_and_grad(vae_lib.vae_loss, has_aux=True)(model, video, key)
-    optimizer.update(model, grads)
-    metrics["grad_norm"] = optax.tree_utils.tree_norm(grads)
-    return metrics
-
-
-def checkpoint_manager(directory: str, tc: TrainConfig | None = None, read_only: bool = False
-                       ) -> ocp.CheckpointManager:
-    """Orbax manager for a run's `checkpoints/`; `read_only` for loading (creates and deletes nothing)."""
-    if read_only:
-        options = ocp.CheckpointManagerOptions(read_only=True, create=False)
-    else:
-        options = ocp.CheckpointManagerOptions(max_to_keep=tc.keep_checkpoints, create=True)
-    return ocp.CheckpointManager(os.path.abspath(directory), options=options)
-
-
-def train_vae(vae_config: vae_lib.VAEConfig, tc: TrainConfig, out_dir: str,
-              world: data_lib.ShapesWorldConfig | None = None, *, progress: bool = True,
+def train_vae(vae_config: vae_lib.VAEConfig, tc: VAETrainConfig, out_dir: str,
+              world: ShapesWorldConfig | None = None, *, progress: bool = True,
               stop_after: int | None = None, init_from: str | None = None) -> vae_lib.VideoVAE:
     """Train (or resume training) a VAE; checkpoints and `log.jsonl` go to `out_dir`.
 
@@ -112,34 +71,28 @@ def train_vae(vae_config: vae_lib.VAEConfig, tc: TrainConfig, out_dir: str,
     and log are copied into the run, so an export records every stage that made the weights.
     `stop_after` ends this call after that many steps (the run can be resumed later): it
     is how tests simulate a kill. Returns the trained model."""
-    world = (world or data_lib.ShapesWorldConfig()).replace(
+    world = (world or ShapesWorldConfig()).replace(
         num_frames=tc.num_frames, temporal_factor=vae_config.temporal_down, holdout="exclude")
     side = tc.crop_size or None
     vae_lib.check_video_shape(vae_config, world.num_frames, side or world.height, side or world.width)
     os.makedirs(out_dir, exist_ok=True)
-    run = json.loads(json.dumps({"vae": dataclasses.asdict(vae_config), "train": dataclasses.asdict(tc),
-                                 "world": dataclasses.asdict(world),
-                                 "init": {"path": init_from and os.path.abspath(init_from)}}))
-    config_path = _check_run_settings(out_dir, run, defaults={"init": {"path": None}})  # pre-fine-tuning runs
+    run = loop.run_settings(vae=vae_config, train=tc, world=world,
+                            init={"path": init_from and os.path.abspath(init_from)})
+    config_path = loop.check_run_settings(out_dir, run, defaults={"init": {"path": None}})  # pre-fine-tuning runs
 
     model = vae_lib.VideoVAE(vae_config, rngs=nnx.Rngs(tc.seed))
-    optimizer = nnx.Optimizer(model, make_optimizer(tc), wrt=nnx.Param)
-    manager = checkpoint_manager(os.path.join(out_dir, "checkpoints"), tc)
-    start = 0
-    if manager.latest_step() is not None:
-        start = manager.latest_step()
-        restored = manager.restore(start, args=ocp.args.Composite(
-            model=ocp.args.StandardRestore(nnx.state(model)),
-            opt=ocp.args.StandardRestore(nnx.state(optimizer))))
+    optimizer = nnx.Optimizer(model, loop.make_optimizer(tc), wrt=nnx.Param)
+    manager = store.checkpoint_manager(os.path.join(out_dir, "checkpoints"), tc.keep_checkpoints)
+    start, restored = loop.restore_latest(manager, out_dir, model=nnx.state(model), opt=nnx.state(optimizer))
+    if restored is not None:
         nnx.update(model, restored["model"])
         nnx.update(optimizer, restored["opt"])
-        print(f"resumed from step {start} in {out_dir}")
     elif init_from is not None:
         _init_from_pretrained(model, init_from, out_dir)
     # A fine-tuning run continues the clip stream where the runs before it stopped, so it
     # never replays their batches: step s of this run draws the clips of step offset + s.
     offset = _steps_before(out_dir)
-    _write_json(config_path, run)  # only now: a run that failed to start leaves no settings behind
+    store.write_json(config_path, run)  # only now: a run that failed to start leaves no settings behind
 
     key = jax.random.key(tc.seed)
 
@@ -147,18 +100,16 @@ def train_vae(vae_config: vae_lib.VAEConfig, tc: TrainConfig, out_dir: str,
         video = jnp.asarray(world_batch(world, offset + step, tc.batch_size, tc.crop_size))
         return vae_train_step(model, optimizer, video, jax.random.fold_in(key, offset + step))
 
-    def with_psnr(m):
-        return {**m, "psnr": _psnr_from_mse(m["mse"])}
+    def save(step):
+        store.save_checkpoint(manager, step, model=nnx.state(model), opt=nnx.state(optimizer))
 
-    _train_loop(out_dir, manager, tc, start, stop_after, "train-vae", progress, run_step,
-                save=lambda step: _save(manager, step, model=nnx.state(model), opt=nnx.state(optimizer)),
-                describe=with_psnr)
+    loop.run_loop(run_step, steps=tc.steps, desc="train-vae", start=start, stop_after=stop_after,
+                  log_every=tc.log_every, out_dir=out_dir, checkpoints=loop.Checkpoints(manager, save, tc.save_every),
+                  describe=lambda m: {**m, "psnr": psnr_from_mse(m["mse"])}, progress=progress)
     return model
 
 
 def _init_from_pretrained(model: vae_lib.VideoVAE, path: str, out_dir: str) -> None:
-    import shutil
-
     pretrained = vae_lib.VideoVAE.from_pretrained(path)
     if pretrained.config != model.config:
         raise ValueError(f"cannot fine-tune from {path}: its config {pretrained.config} differs from "
@@ -175,108 +126,33 @@ def _steps_before(out_dir: str) -> int:
     path = os.path.join(out_dir, "init_manifest.json")
     if not os.path.exists(path):
         return 0
-    with open(path) as f:
-        before = json.load(f)
+    before = store.read_json(path)
     return int(before.get("total_steps", before.get("steps") or 0))
-
-
-def _check_run_settings(out_dir: str, run: dict, defaults: dict | None = None) -> str:
-    """Refuse to resume a run made with other settings (it would fail deep inside Orbax,
-    or worse, not fail); returns the path of `train_config.json`, written by the caller
-    once the run has started. `defaults`: the values of settings (or of fields of a
-    settings dict) added since older runs were saved."""
-    config_path = os.path.join(out_dir, "train_config.json")
-    if os.path.exists(config_path):
-        with open(config_path) as f:
-            saved = json.load(f)
-        previous = {**(defaults or {}), **saved}
-        for part, fields in (defaults or {}).items():
-            if isinstance(fields, dict) and isinstance(saved.get(part), dict):
-                previous[part] = {**fields, **saved[part]}
-        if previous != run:
-            changed = []
-            for part in [*run, *(k for k in previous if k not in run)]:
-                old, new = previous.get(part), run.get(part)
-                if old == new:
-                    continue
-                if isinstance(old, dict) and isinstance(new, dict):
-                    changed += [f"{part}.{k}: {old.get(k)!r} -> {v!r}" for k, v in new.items() if old.get(k) != v]
-                else:
-                    changed.append(f"{part}: {old!r} -> {new!r}")
-            raise ValueError(f"{out_dir} holds a run with different settings ({'; '.join(changed)}); "
-                             "resume it with the same settings or choose another --out")
-    return config_path
-
-
-def _train_loop(out_dir, manager, tc, start, stop_after, desc, progress, run_step, save, describe=None):
-    """The loop both trainings share: `run_step(step) -> metrics` for steps `start..end`,
-    a JSON-lines log every `log_every` steps (wall time accumulating across resumes), a
-    checkpoint (`save(step)`) every `save_every` steps and at the end, and a stop with
-    `FloatingPointError` before a non-finite model is ever saved."""
-    end = tc.steps if stop_after is None else min(tc.steps, start + stop_after)
-    log_path = os.path.join(out_dir, "log.jsonl")
-    _truncate_log(log_path, start)
-    earlier = read_log(out_dir) if start and os.path.exists(log_path) else []
-    t0 = time.perf_counter() - (earlier[-1]["time"] if earlier else 0.0)
-    try:
-        with open(log_path, "a") as log:
-            bar = tqdm(range(start, end), initial=start, total=tc.steps, desc=desc, disable=not progress)
-            for step in bar:
-                metrics = run_step(step)
-                log_now = (step + 1) % tc.log_every == 0 or step + 1 == end
-                save_now = (step + 1) % tc.save_every == 0 or step + 1 == end
-                if log_now or save_now:  # never save a model whose loss is not finite
-                    m = {k: float(v) for k, v in metrics.items()}
-                    if not np.isfinite(m["loss"]):
-                        manager.wait_until_finished()
-                        raise FloatingPointError(
-                            f"loss became {m['loss']} at step {step + 1}; the last good checkpoint is step "
-                            f"{manager.latest_step()} in {out_dir}")
-                    m = describe(m) if describe else m
-                    log.write(json.dumps({"step": step + 1, "time": round(time.perf_counter() - t0, 2), **m}) + "\n")
-                    log.flush()
-                    bar.set_postfix({k: f"{m[k]:.4f}" if k == "loss" else f"{m[k]:.1f}"
-                                     for k in ("loss", "psnr") if k in m})
-                if save_now:
-                    save(step + 1)
-    finally:  # also on errors and Ctrl-C: finish the pending save, release the manager
-        manager.wait_until_finished()
-        manager.close()
-
-
-def _save(manager, step, **states):
-    manager.save(step, args=ocp.args.Composite(**{k: ocp.args.StandardSave(v) for k, v in states.items()}))
-
-
-def _psnr_from_mse(mse: float) -> float:
-    # Videos live in [-1, 1]: a peak-to-peak range of 2, so PSNR = 10 log10(4 / mse).
-    return float(10 * np.log10(4.0 / max(mse, 1e-12)))
-
-
-def _truncate_log(path: str, step: int) -> None:
-    """Drop log lines past `step`, so a resumed run's log has no duplicated steps."""
-    if not os.path.exists(path):
-        return
-    with open(path) as f:
-        lines = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
-    with open(path, "w") as f:
-        f.writelines(lines)
-
-
-def _write_json(path: str, obj) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
-
-
-def read_log(out_dir: str) -> list[dict]:
-    with open(os.path.join(out_dir, "log.jsonl")) as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 # ----------------------------------------------------------------------------------------
 # Chapter 06: the DiT (with its text encoder) on cached VAE latents.
+
+
+def encode_dataset(model: vae_lib.VideoVAE, dataset, batch_size: int = 32, progress: bool = True) -> dict:
+    """Encode every clip of a shapes-world split (`load_shapes_world(..., split)`) in order.
+
+    Returns `{"mean", "logvar": float32 [N, t, h, w, c], "caption": str [N], "seed": int64 [N]}`;
+    a DiT samples `z = mean + exp(logvar / 2) * eps` from it each epoch."""
+    encode = nnx.jit(lambda m, x: m.encode(x))
+    out = {"mean": [], "logvar": [], "caption": [], "seed": []}
+    columns = ("video", "caption", "seed")
+    n = len(dataset)
+    batches = ({c: np.asarray(v) for c, v in dataset[i:i + batch_size].items() if c in columns}
+               for i in range(0, n, batch_size))
+    for batch in tqdm(batches, total=-(-n // batch_size), desc="encode", disable=not progress):
+        video = jnp.asarray(to_float(batch["video"]))
+        mean, logvar = encode(model, video)
+        out["mean"].append(np.asarray(mean))
+        out["logvar"].append(np.asarray(logvar))
+        out["caption"].append(np.asarray(batch["caption"]))
+        out["seed"].append(np.asarray(batch["seed"], np.int64))
+    return {k: np.concatenate(v) for k, v in out.items()}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -305,18 +181,6 @@ class DiTTrainConfig:
     log_every: int = 10
     keep_checkpoints: int = 2
     seed: int = 0
-
-
-def latent_batch_indices(n: int, step: int, batch_size: int, seed: int) -> np.ndarray:
-    """The cache rows of step `step`: epochs of a seeded permutation, so a resumed run
-    draws exactly the batches an uninterrupted one would."""
-    start = step * batch_size
-    rows = []
-    while len(rows) < batch_size:
-        epoch, offset = divmod(start + len(rows), n)
-        perm = np.random.default_rng([seed, epoch]).permutation(n)
-        rows.extend(perm[offset:offset + batch_size - len(rows)].tolist())
-    return np.asarray(rows)
 
 
 def data_mesh() -> jax.sharding.Mesh:
@@ -354,13 +218,10 @@ def make_dit_train_step(diffusion_config, tc: DiTTrainConfig):
     labels=None) -> (ema, metrics)`: sample z from the cached posterior, drop captions, draw
     known frames (frame-conditioned DiTs), diffusion loss (+ the caption-attribute loss on
     `labels [B, K]` when `tc.caption_loss`), AdamW update, EMA update."""
-    from sora_mini import diffusion
-    from sora_mini.text import PAD_ID
-
     @nnx.jit
     def step(model, optimizer, ema, mean, logvar, ids, mask, empty_ids, key, labels=None):
         if tc.caption_loss and labels is None:
-            raise ValueError("caption_loss needs labels [B, 21] (guidance.caption_label_matrix of the captions)")
+            raise ValueError("caption_loss needs labels [B, 21] (captions.caption_label_matrix of the captions)")
         k_z, k_drop, k_loss, k_frames = jax.random.split(key, 4)
         z = (mean + jnp.exp(0.5 * logvar) * jax.random.normal(k_z, mean.shape)) * tc.latent_scale
         drop = jax.random.bernoulli(k_drop, tc.caption_dropout, (ids.shape[0],))[:, None]
@@ -398,16 +259,13 @@ def make_dit_train_step(diffusion_config, tc: DiTTrainConfig):
 
 def train_dit(model, latents: dict, tc: DiTTrainConfig, out_dir: str, diffusion_config=None, *,
               tokenizer=None, progress: bool = True, stop_after: int | None = None, settings: dict | None = None):
-    """Train a `pipeline.TextToVideoModel` on a latent cache (`vae.encode_dataset` /
+    """Train a `model.TextToVideoModel` on a latent cache (`encode_dataset` /
     `encode-latents`: `mean`, `logvar` `[N, t, h, w, c]` and `caption` `[N]`).
 
     Orbax checkpoints (model, optimizer, EMA) every `save_every` steps; a second call with
     the same settings resumes exactly. `settings` (configs as plain dicts) are written to
     `train_config.json` and must match on resume. Stops with `FloatingPointError`, keeping
     the last good checkpoint, if the loss stops being finite. Returns `(model, ema_state)`."""
-    from sora_mini import diffusion
-    from sora_mini.text import Tokenizer
-
     diffusion_config = diffusion_config or diffusion.DiffusionConfig()
     tokenizer = tokenizer or Tokenizer.shapes_world()
     for key in ("mean", "logvar", "caption"):
@@ -420,8 +278,6 @@ def train_dit(model, latents: dict, tc: DiTTrainConfig, out_dir: str, diffusion_
     captions = [str(c) for c in latents["caption"]]
     ids, mask = (np.asarray(a) for a in tokenizer(captions))
     if tc.caption_loss:
-        from sora_mini.guidance import caption_label_matrix
-
         labels = caption_label_matrix(captions)  # [N, K]
         head = model.text.attribute_head
         if head is None or head.out_features != labels.shape[1]:
@@ -433,23 +289,18 @@ def train_dit(model, latents: dict, tc: DiTTrainConfig, out_dir: str, diffusion_
     empty_ids = jnp.asarray(tokenizer("")[0][0])
 
     os.makedirs(out_dir, exist_ok=True)
-    run = json.loads(json.dumps({"train": dataclasses.asdict(tc), "diffusion": dataclasses.asdict(diffusion_config),
-                                 "clips": n, **(settings or {})}))
-    config_path = _check_run_settings(out_dir, run, defaults={
+    run = loop.run_settings(train=tc, diffusion=diffusion_config, clips=n, **(settings or {}))
+    config_path = loop.check_run_settings(out_dir, run, defaults={
         "diffusion": dataclasses.asdict(diffusion.DiffusionConfig()), "train": dataclasses.asdict(DiTTrainConfig())})
-    optimizer = nnx.Optimizer(model, make_optimizer(tc), wrt=nnx.Param)
+    optimizer = nnx.Optimizer(model, loop.make_optimizer(tc), wrt=nnx.Param)
     ema = jax.tree.map(jnp.copy, nnx.state(model, nnx.Param))
-    manager = checkpoint_manager(os.path.join(out_dir, "checkpoints"), tc)
-    start = manager.latest_step() or 0
-    if start:
-        restored = manager.restore(start, args=ocp.args.Composite(
-            model=ocp.args.StandardRestore(nnx.state(model)), opt=ocp.args.StandardRestore(nnx.state(optimizer)),
-            ema=ocp.args.StandardRestore(ema)))
+    manager = store.checkpoint_manager(os.path.join(out_dir, "checkpoints"), tc.keep_checkpoints)
+    start, restored = loop.restore_latest(manager, out_dir, model=nnx.state(model), opt=nnx.state(optimizer), ema=ema)
+    if restored is not None:
         nnx.update(model, restored["model"])
         nnx.update(optimizer, restored["opt"])
         ema = restored["ema"]
-        print(f"resumed from step {start} in {out_dir}")
-    _write_json(config_path, run)
+    store.write_json(config_path, run)
 
     mesh = data_mesh()
     if tc.batch_size % mesh.size:
@@ -464,15 +315,17 @@ def train_dit(model, latents: dict, tc: DiTTrainConfig, out_dir: str, diffusion_
     ema_box = [ema]  # the step replaces the EMA state; the save needs the latest one
 
     def run_step(step):
-        rows = latent_batch_indices(n, step, tc.batch_size, tc.seed)
+        rows = batch_indices(n, step, tc.batch_size, tc.seed)
         batch = jax.device_put((mean[rows], logvar[rows], ids[rows], mask[rows]), batch_sharding)
         named = None if labels is None else jax.device_put(labels[rows], batch_sharding)
         ema_box[0], metrics = step_fn(model, optimizer, ema_box[0], *batch, empty_ids, jax.random.fold_in(key, step),
                                       named)
         return metrics
 
-    _train_loop(out_dir, manager, tc, start, stop_after, "train-dit", progress, run_step,
-                save=lambda step: _save(manager, step, model=nnx.state(model), opt=nnx.state(optimizer),
-                                        ema=ema_box[0]))
-    ema = ema_box[0]
-    return model, ema
+    def save(step):
+        store.save_checkpoint(manager, step, model=nnx.state(model), opt=nnx.state(optimizer), ema=ema_box[0])
+
+    loop.run_loop(run_step, steps=tc.steps, desc="train-dit", start=start, stop_after=stop_after,
+                  log_every=tc.log_every, out_dir=out_dir, checkpoints=loop.Checkpoints(manager, save, tc.save_every),
+                  progress=progress)
+    return model, ema_box[0]

@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
+
+from sora_mini import store
 
 
 @dataclasses.dataclass(frozen=True)
@@ -287,7 +289,7 @@ class VideoVAE(nnx.Module):
 
     @classmethod
     def from_pretrained(cls, path) -> VideoVAE:
-        """Load an exported VAE (`config.json` + `params/`, see `export_pretrained`) or the
+        """Load an exported VAE (`config.json` + `params/`, see `export.export_vae`) or the
         latest checkpoint of a training run directory. Raises `FileNotFoundError` when
         nothing is there and `ValueError` when the weights are corrupt."""
         return _load_pretrained(cls, path)
@@ -314,252 +316,32 @@ def vae_loss(model: VideoVAE, video, key):
     return loss, {"loss": loss, "l1": l1, "mse": mse, "kl": kl}
 
 
-def count_params(model: nnx.Module) -> int:
-    return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
-
-
-# ----------------------------------------------------------------------------------------
-# Quality: PSNR and SSIM per frame on held-out clips, and the latents' statistics.
-
-
-def psnr(a, b) -> jax.Array:
-    """Per-frame PSNR in dB of `uint8`-range videos `[..., T, H, W, 3]` -> `[..., T]`."""
-    mse = jnp.mean((jnp.asarray(a, jnp.float32) - jnp.asarray(b, jnp.float32)) ** 2, axis=(-3, -2, -1))
-    return 10.0 * jnp.log10(255.0 ** 2 / jnp.maximum(mse, 1e-10))
-
-
-def ssim(a, b, window: int = 7, sigma: float = 1.5) -> jax.Array:
-    """Per-frame SSIM (Wang et al. 2004, Gaussian window, per channel, averaged) of
-    `uint8`-range videos `[..., T, H, W, 3]` -> `[..., T]`. A 7-pixel window suits 32x32."""
-    a = jnp.asarray(a, jnp.float32)
-    b = jnp.asarray(b, jnp.float32)
-    lead, (H, W, C) = a.shape[:-3], a.shape[-3:]
-    a, b = a.reshape(-1, H, W, C), b.reshape(-1, H, W, C)
-    g = jnp.exp(-0.5 * ((jnp.arange(window) - (window - 1) / 2) / sigma) ** 2)
-    g = g / g.sum()
-    kernel = jnp.tile((g[:, None] * g[None, :])[:, :, None, None], (1, 1, 1, C))  # depthwise HWIO
-
-    def blur(x):
-        return jax.lax.conv_general_dilated(x, kernel, (1, 1), "VALID", feature_group_count=C,
-                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
-
-    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
-    mu_a, mu_b = blur(a), blur(b)
-    var_a = blur(a * a) - mu_a ** 2
-    var_b = blur(b * b) - mu_b ** 2
-    cov = blur(a * b) - mu_a * mu_b
-    s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (var_a + var_b + c2))
-    return s.mean(axis=(1, 2, 3)).reshape(lead)
-
-
 @nnx.jit
-def _reconstruct(model: VideoVAE, video):
+def reconstruct(model: VideoVAE, video):
+    """`(reconstruction, mean)` of `float [B, T, H, W, 3]` videos through the posterior mean."""
     mean, _ = model.encode(video)
     return model.decode(mean), mean
 
 
-def evaluate(model: VideoVAE, world=None, n: int = 128, split: str = "test", batch_size: int = 16) -> dict:
-    """Reconstruction quality on `n` held-out shapes-world clips (their seed range never
-    meets training) and the statistics of the latent means.
-
-    Reconstructions use the posterior mean and are rounded to `uint8` first, as a viewer
-    would see them. `latent_scale` (1 / std of all latent values) is the factor the DiT
-    multiplies latents by, so that diffusion sees unit variance, as in Stable Diffusion."""
-    from sora_mini import data as data_lib
-
-    world = data_lib.split_config(world or data_lib.ShapesWorldConfig(), split)
-    offset = data_lib.SPLIT_SEED_OFFSETS[split]
-    psnrs, ssims, latents = [], [], []
-    for start in range(0, n, batch_size):
-        seeds = range(offset + start, offset + min(n, start + batch_size))
-        video = np.stack([data_lib.make_clip(world, s).video for s in seeds])
-        recon, mean = _reconstruct(model, jnp.asarray(video, jnp.float32) / 127.5 - 1.0)
-        recon = jnp.clip(jnp.round((recon + 1.0) * 127.5), 0, 255)
-        psnrs.append(np.asarray(psnr(recon, video)))
-        ssims.append(np.asarray(ssim(recon, video)))
-        latents.append(np.asarray(mean))
-    psnrs, ssims, z = np.concatenate(psnrs), np.concatenate(ssims), np.concatenate(latents)
-    flat = z.reshape(-1, z.shape[-1])
-    return {
-        "clips": int(n), "split": split, "frames": int(world.num_frames),
-        "psnr_db": float(psnrs.mean()), "psnr_db_per_frame": psnrs.mean(axis=0).round(2).tolist(),
-        "psnr_db_worst_clip": float(psnrs.mean(axis=1).min()),
-        "ssim": float(ssims.mean()), "ssim_per_frame": ssims.mean(axis=0).round(4).tolist(),
-        "latent_mean": flat.mean(axis=0).round(4).tolist(), "latent_std": flat.std(axis=0).round(4).tolist(),
-        "latent_scale": float(1.0 / flat.std()),
-        "compression": float(np.prod(video.shape[1:]) / np.prod(z.shape[1:])),
-    }
-
-
 # ----------------------------------------------------------------------------------------
-# Shipping weights: `export_pretrained` writes config + float16 weights + manifest,
-# `VideoVAE.from_pretrained` reads them (or a training run's latest checkpoint).
+# Loading: an export (`export.export_vae`) or the latest checkpoint of a training run.
 
-PRETRAINED_DTYPE = jnp.float16  # halves the shipped size; the manifest's metrics are measured after the cast
-
-
-def _config_from_dict(raw: dict) -> VAEConfig:
-    return VAEConfig(**{**raw, "channels": tuple(raw["channels"])})
+LOAD_HINT = "train one with `python -m sora_mini train-vae --preset tiny --out DIR --export PATH`"
 
 
-def export_pretrained(model: VideoVAE, path: str, *, run_dir: str | None = None, world=None,
-                      extra: dict | None = None, eval_clips: int = 256) -> dict:
-    """Write `path/config.json`, `path/params/` (Orbax, float16), `path/manifest.json`
-    (with held-out metrics of the *exported* weights) and, from `run_dir`, the training
-    `log.jsonl`. Returns the manifest."""
-    import json
-    import os
-    import shutil
-
-    import orbax.checkpoint as ocp
-
-    path = os.path.abspath(path)
-    params = jax.tree.map(lambda x: x.astype(PRETRAINED_DTYPE), nnx.state(model, nnx.Param))
-    tmp = path + ".partial"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    with open(os.path.join(tmp, "config.json"), "w") as f:
-        json.dump(dataclasses.asdict(model.config), f, indent=2)
-    checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(os.path.join(tmp, "params"), params)
-    checkpointer.wait_until_finished()
-    checkpointer.close()
-    # Measure what we ship: reload the float16 weights and evaluate them.
-    shipped = VideoVAE.from_pretrained(tmp)
-    manifest = {"model": "VideoVAE", "config": dataclasses.asdict(model.config),
-                "params": count_params(model), "weights_dtype": jnp.dtype(PRETRAINED_DTYPE).name,
-                **(extra or {})}
-    if run_dir is not None:
-        from sora_mini import train
-
-        log = train.read_log(run_dir)
-        manifest.update(steps=log[-1]["step"], wall_time_s=log[-1]["time"],
-                        final_train_loss=log[-1]["loss"])
-        init_manifest = os.path.join(run_dir, "init_manifest.json")
-        if os.path.exists(init_manifest):  # a fine-tuning run: record the stage it started from
-            with open(init_manifest) as f:
-                before = json.load(f)
-            manifest["init"] = {k: before.get(k) for k in ("command", "train", "steps", "wall_time_s", "init")}
-            manifest["init"]["psnr_db"] = before.get("metrics", {}).get("psnr_db")
-            manifest["total_steps"] = manifest["steps"] + before.get("total_steps", before["steps"])
-            manifest["total_wall_time_s"] = round(
-                manifest["wall_time_s"] + before.get("total_wall_time_s", before["wall_time_s"]), 2)
-        # The loss curve of every stage, steps and times continuing across stages.
-        stages = []
-        if os.path.exists(os.path.join(run_dir, "init_log.jsonl")):
-            with open(os.path.join(run_dir, "init_log.jsonl")) as f:
-                stages.append([json.loads(line) for line in f if line.strip()])
-        stages.append(log)
-        with open(os.path.join(tmp, "log.jsonl"), "w") as f:
-            step0 = time0 = 0
-            for stage in stages:
-                for row in stage:
-                    f.write(json.dumps({**row, "step": row["step"] + step0,
-                                        "time": round(row["time"] + time0, 2)}) + "\n")
-                step0, time0 = step0 + stage[-1]["step"], time0 + stage[-1]["time"]
-    manifest["metrics"] = evaluate(shipped, world, n=eval_clips)
-    with open(os.path.join(tmp, "manifest.json"), "w") as f:
-        json.dump(manifest, f, indent=2)
-    # Replace the old export only once the new one is complete: never a half-written model.
-    if os.path.exists(path):
-        shutil.rmtree(path)
-    os.replace(tmp, path)
-    return manifest
-
-
-def _abstract(cls, config: VAEConfig) -> VideoVAE:
-    # Shapes only: a random init would run hundreds of un-jitted ops (~20 s on a CPU) just
-    # to be overwritten by the checkpoint.
-    return nnx.eval_shape(lambda: cls(config, rngs=nnx.Rngs(0)))
-
-
-def restore_params(model: nnx.Module, path: str, *, stored_dtype=jnp.float32, what: str = "weights") -> nnx.Module:
-    """Fill an abstract model (`nnx.eval_shape`) with the parameters exported to Orbax
-    `path/params` at `stored_dtype`, cast to float32. Every exported model (VAE, DiT,
-    classifiers) loads through here; the error names `what` is missing, corrupt or short."""
-    import os
-
-    import orbax.checkpoint as ocp
-
-    params_dir = os.path.join(os.path.abspath(os.fspath(path)), "params")
-    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, stored_dtype), nnx.state(model, nnx.Param))
-    try:
-        with ocp.StandardCheckpointer() as ckptr:
-            params = ckptr.restore(params_dir, target)
-    except Exception as e:
-        raise ValueError(f"the {what} in {params_dir} are missing or corrupt "
-                         f"({type(e).__name__}: {str(e)[:200]})") from e
-    nnx.update(model, jax.tree.map(lambda x: x.astype(jnp.float32), params))
-    leftover = [x for x in jax.tree.leaves(nnx.state(model)) if isinstance(x, jax.ShapeDtypeStruct)]
-    if leftover:
-        raise ValueError(f"{len(leftover)} arrays of the model were not in {params_dir}")
-    return model
-
-
-def _load_pretrained(cls, path: str) -> VideoVAE:
-    import json
-    import os
-
-    import orbax.checkpoint as ocp
-
+def _load_pretrained(cls, path) -> VideoVAE:
     path = os.path.abspath(os.fspath(path))
-    config_file = os.path.join(path, "config.json")
     if not os.path.isdir(path):
-        raise FileNotFoundError(f"no pretrained VAE at {path}: train one with "
-                                "`python -m sora_mini train-vae --preset tiny --out DIR --export PATH`")
-    if os.path.exists(config_file) and os.path.isdir(os.path.join(path, "params")):
-        with open(config_file) as f:
-            config = _config_from_dict(json.load(f))
-        return restore_params(_abstract(cls, config), path, stored_dtype=PRETRAINED_DTYPE, what="VAE weights")
+        raise FileNotFoundError(f"no pretrained VAE at {path}: {LOAD_HINT}")
+    if os.path.exists(os.path.join(path, "config.json")) and os.path.isdir(os.path.join(path, "params")):
+        # Exported VAEs store float16 weights without saying so in config.json.
+        return store.load_model(path, VAEConfig, lambda c: cls(c, rngs=nnx.Rngs(0)), what="VAE", hint=LOAD_HINT,
+                                stored_dtype=store.PRETRAINED_DTYPE)
     if os.path.exists(os.path.join(path, "train_config.json")):  # a training run directory
-        from sora_mini import train
-
-        with open(os.path.join(path, "train_config.json")) as f:
-            config = _config_from_dict(json.load(f)["vae"])
-        model = _abstract(cls, config)
-        if not os.path.isdir(os.path.join(path, "checkpoints")):
-            raise FileNotFoundError(f"the training run {path} has no checkpoint yet")
-        manager = train.checkpoint_manager(os.path.join(path, "checkpoints"), read_only=True)
-        try:
-            step = manager.latest_step()
-            if step is None:
-                raise FileNotFoundError(f"the training run {path} has no checkpoint yet")
-            try:
-                restored = manager.restore(step, args=ocp.args.Composite(
-                    model=ocp.args.StandardRestore(nnx.state(model))))
-            except Exception as e:
-                raise ValueError(f"checkpoint {step} in {path} is corrupt ({type(e).__name__}: {str(e)[:200]})") from e
-        finally:
-            manager.close()
+        config = store.config_from_dict(VAEConfig, store.read_json(os.path.join(path, "train_config.json"))["vae"])
+        model = store.abstract_model(lambda: cls(config, rngs=nnx.Rngs(0)))
+        _, restored = store.latest_checkpoint(path, "VAE", model=nnx.state(model))
         nnx.update(model, restored["model"])
         return model
     raise FileNotFoundError(f"{path} holds neither an exported VAE (config.json + params/) "
                             "nor a training run (train_config.json + checkpoints/)")
-
-
-
-# ----------------------------------------------------------------------------------------
-# A latent cache: the DiT trains on pre-encoded latents, as DiT and Open-Sora do.
-
-
-def encode_dataset(model: VideoVAE, dataset, batch_size: int = 32, progress: bool = True) -> dict:
-    """Encode every clip of a shapes-world split (`load_shapes_world(..., split)`) in order.
-
-    Returns `{"mean", "logvar": float32 [N, t, h, w, c], "caption": str [N], "seed": int64 [N]}`;
-    a DiT samples `z = mean + exp(logvar / 2) * eps` from it each epoch."""
-    from tqdm.auto import tqdm
-
-    encode = nnx.jit(lambda m, x: m.encode(x))
-    out = {"mean": [], "logvar": [], "caption": [], "seed": []}
-    columns = ("video", "caption", "seed")
-    n = len(dataset)
-    batches = ({c: np.asarray(v) for c, v in dataset[i:i + batch_size].items() if c in columns}
-               for i in range(0, n, batch_size))
-    for batch in tqdm(batches, total=-(-n // batch_size), desc="encode", disable=not progress):
-        video = jnp.asarray(batch["video"], jnp.float32) / 127.5 - 1.0
-        mean, logvar = encode(model, video)
-        out["mean"].append(np.asarray(mean))
-        out["logvar"].append(np.asarray(logvar))
-        out["caption"].append(np.asarray(batch["caption"]))
-        out["seed"].append(np.asarray(batch["seed"], np.int64))
-    return {k: np.concatenate(v) for k, v in out.items()}

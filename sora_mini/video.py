@@ -10,6 +10,7 @@ environment variable `SORA_MINI_FFMPEG` to use another binary.
 from __future__ import annotations
 
 import functools
+import html
 import os
 from collections.abc import Sequence
 
@@ -29,7 +30,8 @@ def ffmpeg_path() -> str:
     return path
 
 
-def _check_video(video) -> np.ndarray:
+def check_video(video) -> np.ndarray:
+    """`video` as a `uint8 [T, H, W, 3]` array, or a `ValueError` that says what it is instead."""
     video = np.asarray(video)
     if video.ndim != 4 or video.shape[-1] != 3:
         raise ValueError(f"expected a video of shape [T, H, W, 3], got {video.shape}")
@@ -51,7 +53,7 @@ def to_float(video) -> np.ndarray:
 
 def write_video(path: str | os.PathLike, video, fps: int = 8) -> str:
     """Write `uint8 [T, H, W, 3]` to `.mp4` (H.264) or `.gif`, chosen by the suffix."""
-    video = _check_video(video)
+    video = check_video(video)
     path = os.fspath(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     ffmpeg_path()
@@ -93,7 +95,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 def video_grid(videos: Sequence[np.ndarray] | np.ndarray, cols: int, pad: int = 2,
                pad_value: int = 255) -> np.ndarray:
     """Tile `N` clips `uint8 [T, H, W, 3]` into one `[T, rows*(H+pad)+pad, cols*(W+pad)+pad, 3]`."""
-    videos = [_check_video(v) for v in videos]
+    videos = [check_video(v) for v in videos]
     if not videos:
         raise ValueError("video_grid needs at least one video")
     if len({v.shape for v in videos}) != 1:
@@ -116,7 +118,7 @@ def upscale(video: np.ndarray, factor: int) -> np.ndarray:
 def show_videos(videos, titles=None, *, fps: int = 8, scale: int = 4, columns: int | None = None):
     """Show clips inline in a notebook (mediapy), upscaled for visibility."""
     ffmpeg_path()
-    videos = [upscale(_check_video(v), scale) for v in videos]
+    videos = [upscale(check_video(v), scale) for v in videos]
     return mediapy.show_videos(videos, titles=titles, fps=fps, columns=columns, codec="gif")
 
 
@@ -125,8 +127,6 @@ def write_gallery(out_dir: str | os.PathLike, videos: Sequence[np.ndarray], capt
                   scale: int = 4) -> str:
     """Write each clip as `NN.gif` and `NN.mp4` (upscaled) and an `index.html` that shows the
     GIFs with their captions (and an optional note under each). Returns the page's path."""
-    import html
-
     if len(videos) != len(captions) or (notes is not None and len(notes) != len(videos)):
         raise ValueError(f"need one caption (and note) per video, got {len(videos)} videos, {len(captions)} "
                          f"captions and {None if notes is None else len(notes)} notes")
@@ -134,7 +134,7 @@ def write_gallery(out_dir: str | os.PathLike, videos: Sequence[np.ndarray], capt
     os.makedirs(out_dir, exist_ok=True)
     cards = []
     for i, (video, caption) in enumerate(zip(videos, captions)):
-        big = upscale(_check_video(video), scale)
+        big = upscale(check_video(video), scale)
         write_video(os.path.join(out_dir, f"{i:02d}.gif"), big, fps=fps)
         write_video(os.path.join(out_dir, f"{i:02d}.mp4"), big, fps=fps)
         note = f'<p class="note">{html.escape(notes[i])}</p>' if notes is not None else ""

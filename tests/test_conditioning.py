@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from sora_mini import data, diffusion, train
+from sora_mini import data, diffusion, loop, train
 from sora_mini.dit import DiT, DiTConfig
 from sora_mini.patchify import patchify
-from sora_mini.pipeline import TextToVideo, TextToVideoModel, copy_weights
+from sora_mini.model import TextToVideoModel, copy_weights
+from sora_mini.pipeline import TextToVideo
 from sora_mini.sampling import sample, time_grid
 from sora_mini.text import TextConfig, Tokenizer
 from sora_mini.vae import VAEConfig
@@ -162,7 +163,7 @@ def test_ema_warm_up_follows_the_first_steps():
     model = TextToVideoModel(TEXT, DIT.replace(frame_conditioning=True), rngs=nnx.Rngs(0))
     tc = train.DiTTrainConfig(batch_size=2, learning_rate=1e-2, warmup_steps=0)
     step = train.make_dit_train_step(diffusion.DiffusionConfig(), tc)
-    opt = nnx.Optimizer(model, train.make_optimizer(tc), wrt=nnx.Param)
+    opt = nnx.Optimizer(model, loop.make_optimizer(tc), wrt=nnx.Param)
     before = jax.tree.map(jnp.copy, nnx.state(model, nnx.Param))
     ids, mask = Tokenizer.shapes_world(TEXT.max_length)(["a red circle", "a blue square"])
     empty = Tokenizer.shapes_world(TEXT.max_length)("")[0][0]
@@ -187,7 +188,7 @@ def test_a_frame_conditioned_dit_learns_to_read_the_given_frames():
         tc = train.DiTTrainConfig(batch_size=4, learning_rate=3e-3, warmup_steps=5, steps=200, caption_dropout=0.0,
                                   frame_condition_rate=rate)
         step = train.make_dit_train_step(diffusion.DiffusionConfig(time_shift=20.0), tc)
-        opt = nnx.Optimizer(model, train.make_optimizer(tc), wrt=nnx.Param)
+        opt = nnx.Optimizer(model, loop.make_optimizer(tc), wrt=nnx.Param)
         ema = jax.tree.map(jnp.copy, nnx.state(model, nnx.Param))
         losses = [float(step(model, opt, ema, still, jnp.full(still.shape, -20.0), ids, mask, tok("")[0][0],
                              jax.random.key(i))[1]["loss"]) for i in range(200)]

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from sora_mini import data, diffusion, evaluate, fvd, guidance
+from sora_mini import captions, data, diffusion, evaluate, export, guidance
 from sora_mini.pipeline import TextToVideo
 from sora_mini.sampling import classifier_guided, sample
 from sora_mini.text import TextConfig
@@ -28,7 +28,7 @@ def test_parse_caption_reads_every_clause_of_every_caption():
     world = data.split_config(data.SHAPES_WORLD_PRESETS["tiny"], "train")
     for seed in range(300):
         clip = data.make_clip(world, seed)
-        groups = {}  # one clause per group of look-alike objects, in order (data._caption)
+        groups = {}  # one clause per group of look-alike objects, in order (captions.write_caption)
         for obj in clip.objects:
             groups.setdefault(data.caption_group_key(obj), obj)
         truth = [{"color": o.color, "shape": o.shape, "motion": o.direction if o.motion == "linear" else o.motion}
@@ -50,8 +50,8 @@ def test_parse_caption_names_what_a_prompt_says(prompt, expected):
 
 
 def test_caption_labels_mark_every_class_named():
-    labels = guidance.caption_labels(["a green square falls while a red square moves left", "a circle"])
-    named = {k: [[guidance.HEADS[k][j] for j in np.flatnonzero(row)] for row in v] for k, v in labels.items()}
+    labels = captions.caption_labels(["a green square falls while a red square moves left", "a circle"])
+    named = {k: [[captions.ATTRIBUTE_HEADS[k][j] for j in np.flatnonzero(row)] for row in v] for k, v in labels.items()}
     assert named == {"color": [["red", "green"], []], "shape": [["square"], ["circle"]],
                      "motion": [["left", "fall"], []]}
 
@@ -63,11 +63,11 @@ def test_classifier_shapes_and_log_prob():
     model = guidance.LatentClassifier(SMALL, rngs=nnx.Rngs(0))
     x, t = jax.random.normal(jax.random.key(0), (3, 5, 4, 4, 4)), jnp.array([0.1, 0.5, 0.9])
     logits = model(x, t)
-    assert {k: v.shape for k, v in logits.items()} == {k: (3, len(c)) for k, c in guidance.HEADS.items()}
-    labels = {k: jnp.asarray(v) for k, v in guidance.caption_labels(["a red circle moves left", "a square",
+    assert {k: v.shape for k, v in logits.items()} == {k: (3, len(c)) for k, c in captions.ATTRIBUTE_HEADS.items()}
+    labels = {k: jnp.asarray(v) for k, v in captions.caption_labels(["a red circle moves left", "a square",
                                                                       "nothing"]).items()}
     logp = guidance.log_prob(model, x, t, labels)
-    red, circle, left, square = (guidance.HEADS[k].index(c) for k, c in
+    red, circle, left, square = (captions.ATTRIBUTE_HEADS[k].index(c) for k, c in
                                  (("color", "red"), ("shape", "circle"), ("motion", "left"), ("shape", "square")))
     manual = [jax.nn.log_sigmoid(logits["color"][0, red]) + jax.nn.log_sigmoid(logits["shape"][0, circle])
               + jax.nn.log_sigmoid(logits["motion"][0, left]), jax.nn.log_sigmoid(logits["shape"][1, square]), 0.0]
@@ -93,10 +93,10 @@ def test_classifier_overfits_one_noisy_batch():
 
 def test_classifier_export_round_trips(tmp_path):
     model = guidance.LatentClassifier(SMALL, rngs=nnx.Rngs(3))
-    fvd.export_classifier(model, str(tmp_path / "g"), {"note": "test"})
+    export.export_classifier(model, str(tmp_path / "g"), {"note": "test"})
     loaded = guidance.load_latent_classifier(str(tmp_path / "g"))
     x, t = jax.random.normal(jax.random.key(0), (2, 3, 4, 4, 4)), jnp.array([0.3, 0.7])
-    for k in guidance.HEADS:
+    for k in captions.ATTRIBUTE_HEADS:
         np.testing.assert_array_equal(model(x, t)[k], loaded(x, t)[k])
     with pytest.raises(FileNotFoundError, match="train-guidance"):
         guidance.load_latent_classifier(str(tmp_path / "none"))
@@ -174,7 +174,7 @@ def test_train_guidance_command_ships_a_classifier_the_pipeline_uses(model_dir):
     assert res.returncode == 0, res.stderr[-3000:]
     manifest = json.loads((model_dir / "model" / "guidance" / "manifest.json").read_text())
     assert manifest["clips"] == 8 and manifest["classifier_guidance"] == 3.0 and "train-guidance" in manifest["command"]
-    assert set(manifest["held_out_accuracy_by_time"]["0.5"]) == set(guidance.HEADS)
+    assert set(manifest["held_out_accuracy_by_time"]["0.5"]) == set(captions.ATTRIBUTE_HEADS)
 
     pipe = TextToVideo.from_pretrained(model_dir / "model")
     assert pipe.classifier is not None and pipe.classifier_guidance == 3.0
@@ -220,7 +220,7 @@ def test_shipped_guidance_classifier_was_trained_by_the_documented_command_and_r
     clips = evaluate.adherence_clips(48, "test")
     z = jnp.stack([pipe.encode(c.video) for c in clips])  # [48, 9, 8, 8, 8], the sampler's scale
     logits = pipe.classifier(z, jnp.zeros(len(clips)))
-    motion = [guidance.HEADS["motion"][i] for i in np.asarray(logits["motion"]).argmax(-1)]
-    color = [guidance.HEADS["color"][i] for i in np.asarray(logits["color"]).argmax(-1)]
+    motion = [captions.ATTRIBUTE_HEADS["motion"][i] for i in np.asarray(logits["motion"]).argmax(-1)]
+    color = [captions.ATTRIBUTE_HEADS["color"][i] for i in np.asarray(logits["color"]).argmax(-1)]
     assert np.mean([m == c.objects[0].direction for m, c in zip(motion, clips)]) > 0.6  # chance: 0.1
     assert np.mean([k == c.objects[0].color for k, c in zip(color, clips)]) > 0.9

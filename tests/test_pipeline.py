@@ -9,12 +9,15 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from sora_mini import data, train
+from sora_mini import data, store, train
 from sora_mini.diffusion import DiffusionConfig
 from sora_mini.dit import DiTConfig
-from sora_mini.pipeline import TextToVideo, TextToVideoModel, export_pretrained
+from sora_mini.export import export_text_to_video, export_vae
+from sora_mini.model import TextToVideoModel
+from sora_mini.pipeline import TextToVideo
+from sora_mini.presets import DEMO_PROMPTS
 from sora_mini.text import TextConfig
-from sora_mini.vae import VAEConfig, VideoVAE, export_pretrained as export_vae
+from sora_mini.vae import VAEConfig, VideoVAE
 
 VAE = VAEConfig(latent_channels=4, channels=(8, 16), temporal_down=2, groups=4)  # 5x16x16 -> 3x8x8x4
 TEXT = TextConfig(dim=16, depth=1, num_heads=2)
@@ -34,7 +37,7 @@ def exported(tmp_path_factory):
     settings = {"text": TEXT.__dict__ | {}, "dit": {**DIT.__dict__, "patch_size": list(DIT.patch_size)}}
     _, ema = train.train_dit(TextToVideoModel(TEXT, DIT, rngs=nnx.Rngs(0)), cache, tc, str(root / "run"),
                              progress=False, settings=settings)
-    manifest = export_pretrained(str(root / "run"), str(root / "model"), str(root / "vae"), extra={"command": "t"})
+    manifest = export_text_to_video(str(root / "run"), str(root / "model"), str(root / "vae"), extra={"command": "t"})
     return root, ema, manifest
 
 
@@ -98,11 +101,11 @@ def test_a_low_noise_expert_takes_over_at_and_below_its_time(exported, tmp_path)
     train.train_dit(TextToVideoModel(TEXT, low_dit, rngs=nnx.Rngs(1)), cache, tc, str(tmp_path / "run"),
                     DiffusionConfig(max_time=0.5), progress=False, settings=settings)
     with pytest.raises(ValueError, match="trained only on times t < 0.5, so it cannot start sampling from noise"):
-        export_pretrained(str(tmp_path / "run"), str(tmp_path / "model"), str(root / "vae"))
+        export_text_to_video(str(tmp_path / "run"), str(tmp_path / "model"), str(root / "vae"))
     with pytest.raises(ValueError, match="trained only on times t < 0.5; it cannot take over at low_noise_below = 0.6"):
-        export_pretrained(str(tmp_path / "run"), str(tmp_path / "model"), str(root / "vae"), low_noise_below=0.6)
+        export_text_to_video(str(tmp_path / "run"), str(tmp_path / "model"), str(root / "vae"), low_noise_below=0.6)
     assert sorted(os.listdir(tmp_path / "model")) == ["dit", "vae"]  # refused: nothing written
-    export_pretrained(str(tmp_path / "run"), str(tmp_path / "model"), str(root / "vae"), low_noise_below=0.5)
+    export_text_to_video(str(tmp_path / "run"), str(tmp_path / "model"), str(root / "vae"), low_noise_below=0.5)
     assert sorted(os.listdir(tmp_path / "model")) == ["dit", "low_noise", "vae"]
     pipe = TextToVideo.from_pretrained(tmp_path / "model")
     assert pipe.low_noise_below == 0.5 and pipe.low_noise_model.dit.config.output_conv == 4
@@ -126,11 +129,11 @@ def test_a_low_noise_expert_takes_over_at_and_below_its_time(exported, tmp_path)
     with pytest.raises(ValueError, match="needs a low-noise expert"):
         main(prompt, low_noise_below=0.5, **kw)
     with pytest.raises(FileNotFoundError, match="no pretrained text-to-video model"):
-        export_pretrained(str(tmp_path / "run"), str(tmp_path / "nothing"), str(root / "vae"), low_noise_below=0.5)
+        export_text_to_video(str(tmp_path / "run"), str(tmp_path / "nothing"), str(root / "vae"), low_noise_below=0.5)
     config = json.loads((tmp_path / "model" / "dit" / "config.json").read_text())
     (tmp_path / "model" / "dit" / "config.json").write_text(json.dumps(config | {"latent_scale": 0.5}))
     with pytest.raises(ValueError, match="does not fit the main model .latent_scale: 0.5 against 0.9"):
-        export_pretrained(str(tmp_path / "run"), str(tmp_path / "model"), str(root / "vae"), low_noise_below=0.5)
+        export_text_to_video(str(tmp_path / "run"), str(tmp_path / "model"), str(root / "vae"), low_noise_below=0.5)
     assert json.loads((tmp_path / "model" / "low_noise" / "config.json").read_text())["low_noise_below"] == 0.5
     with pytest.raises(ValueError, match="does not fit the main model"):  # the refused export changed nothing
         TextToVideo.from_pretrained(tmp_path / "model")
@@ -205,7 +208,7 @@ def test_shipped_model_was_trained_by_the_documented_commands(expert):
     assert manifest["command"].startswith("python -m sora_mini train-dit --preset tiny")
     assert ("--low-noise-below" in manifest["command"]) == (expert == "low_noise")
     assert manifest["steps"] == manifest["train"]["steps"] and manifest["wall_time_s"] > 0
-    log = train.read_log(os.path.join(SHIPPED, expert))
+    log = store.read_log(os.path.join(SHIPPED, expert))
     assert log[-1]["step"] == manifest["steps"]
     first, wall_time = manifest, manifest["wall_time_s"]
     while "init" in first:  # a fine-tune: the stage it started from is recorded, back to a from-scratch run
@@ -221,8 +224,6 @@ def test_demo_writes_a_gallery_page(tmp_path):
     res = _cli("demo", "--model", SHIPPED, "--out", str(tmp_path), "--n", "2", "--steps", "4")
     assert res.returncode == 0, res.stderr[-3000:]
     page = (tmp_path / "index.html").read_text()
-    from sora_mini.__main__ import DEMO_PROMPTS
-
     assert DEMO_PROMPTS[0] in page and DEMO_PROMPTS[1] in page and "detector reads" in page
     for name in ("00.gif", "00.mp4", "01.gif", "01.mp4"):
         assert (tmp_path / name).stat().st_size > 1000

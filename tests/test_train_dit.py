@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from sora_mini import data, diffusion, train
+from sora_mini import data, dataset, diffusion, loop, store, train
 from sora_mini.dit import DiTConfig
-from sora_mini.pipeline import TextToVideoModel
+from sora_mini.model import TextToVideoModel
 from sora_mini.text import TextConfig
 
 TEXT = TextConfig(dim=16, depth=1, num_heads=2)
@@ -39,7 +39,7 @@ def _tc(**kw):
 
 def test_training_lowers_the_diffusion_loss(tmp_path):
     train.train_dit(_model(), _cache(), _tc(steps=120, save_every=120), str(tmp_path), progress=False)
-    losses = [r["loss"] for r in train.read_log(str(tmp_path))]
+    losses = [r["loss"] for r in store.read_log(str(tmp_path))]
     assert len(losses) == 120 and all(np.isfinite(losses))
     assert np.mean(losses[-20:]) < 0.5 * np.mean(losses[:10]), (np.mean(losses[:10]), np.mean(losses[-20:]))
 
@@ -53,7 +53,7 @@ def test_kill_and_resume_equals_an_uninterrupted_run(tmp_path):
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
     for x, y in zip(jax.tree.leaves(ema_a), jax.tree.leaves(ema_b), strict=True):
         np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
-    assert [r["step"] for r in train.read_log(str(tmp_path / "b"))] == list(range(1, 7))
+    assert [r["step"] for r in store.read_log(str(tmp_path / "b"))] == list(range(1, 7))
     with pytest.raises(ValueError, match="different settings"):
         train.train_dit(_model(), _cache(), _tc(learning_rate=1e-3), str(tmp_path / "b"), progress=False)
     # A run saved before a setting existed resumes when the setting takes its default, and
@@ -78,14 +78,14 @@ def test_a_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
 
 
 def test_batches_are_seeded_epochs_of_the_cache():
-    rows = [train.latent_batch_indices(10, s, 4, seed=1) for s in range(5)]
+    rows = [dataset.batch_indices(10, s, 4, seed=1) for s in range(5)]
     flat = np.concatenate(rows)
     assert sorted(flat[:10]) == list(range(10)) and sorted(flat[10:20]) == list(range(10))  # whole epochs
-    np.testing.assert_array_equal(train.latent_batch_indices(10, 3, 4, seed=1), rows[3])
+    np.testing.assert_array_equal(dataset.batch_indices(10, 3, 4, seed=1), rows[3])
 
 
 def test_the_caption_loss_teaches_the_text_encoder_what_the_caption_names(tmp_path):
-    from sora_mini.guidance import ATTRIBUTE_CLASSES, caption_label_matrix
+    from sora_mini.captions import ATTRIBUTE_CLASSES, caption_label_matrix
     from sora_mini.text import Tokenizer
 
     # Captions that differ in one word each: the attribute head must read every one of them
@@ -97,14 +97,14 @@ def test_the_caption_loss_teaches_the_text_encoder_what_the_caption_names(tmp_pa
     model = TextToVideoModel(TEXT.replace(attribute_classes=ATTRIBUTE_CLASSES), DIT, rngs=nnx.Rngs(0))
     tc = _tc(steps=150, save_every=150, learning_rate=1e-2, caption_loss=1.0, caption_dropout=0.0)
     model, _ = train.train_dit(model, cache, tc, str(tmp_path), progress=False)
-    log = train.read_log(str(tmp_path))
+    log = store.read_log(str(tmp_path))
     assert np.mean([r["caption_loss"] for r in log[-10:]]) < 0.1 * log[0]["caption_loss"]  # measured: 0.84 -> 0.03
     ids, mask = Tokenizer.shapes_world(TEXT.max_length)(captions)
     logits = model.text.attribute_head(model.text(ids, mask)[1])
     np.testing.assert_array_equal(np.asarray(logits > 0), caption_label_matrix(captions) > 0)
 
     step = train.make_dit_train_step(diffusion.DiffusionConfig(), tc)
-    optimizer = nnx.Optimizer(model, train.make_optimizer(tc), wrt=nnx.Param)
+    optimizer = nnx.Optimizer(model, loop.make_optimizer(tc), wrt=nnx.Param)
     empty = Tokenizer.shapes_world(TEXT.max_length)("")[0][0]
     with pytest.raises(ValueError, match="caption_loss needs labels"):
         step(model, optimizer, nnx.state(model, nnx.Param), cache["mean"], cache["logvar"], ids, mask, empty,
@@ -123,7 +123,7 @@ import test_train_dit as t
 from sora_mini import train
 import jax
 train.train_dit(t._model(), t._cache(), t._tc(steps=3, batch_size=8), {out!r}, progress=False)
-print(json.dumps({{"devices": jax.device_count(), "losses": [r["loss"] for r in train.read_log({out!r})]}}))
+print(json.dumps({{"devices": jax.device_count(), "losses": [r["loss"] for r in store.read_log({out!r})]}}))
 """
 
 

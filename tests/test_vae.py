@@ -9,8 +9,10 @@ import optax
 import pytest
 from flax import nnx
 
-from sora_mini import data, train
-from sora_mini.vae import VAE_PRESETS, VAEConfig, VideoVAE, evaluate, export_pretrained, psnr, ssim, vae_loss
+from sora_mini import data, dataset, store, train
+from sora_mini.export import export_vae, reconstruction_metrics
+from sora_mini.metrics import psnr, ssim
+from sora_mini.vae import VAE_PRESETS, VAEConfig, VideoVAE, vae_loss
 
 SMALL = VAEConfig(latent_channels=4, channels=(8, 16), temporal_down=2, groups=4)
 SMALL_T4 = VAEConfig(latent_channels=4, channels=(8, 16, 16), temporal_down=4, groups=4)
@@ -132,15 +134,15 @@ def _params(model):
 
 
 def test_kill_and_resume_equals_uninterrupted_run(tmp_path):
-    tc = train.TrainConfig(steps=6, **TINY_TRAIN)
+    tc = train.VAETrainConfig(steps=6, **TINY_TRAIN)
     straight = train.train_vae(SMALL, tc, str(tmp_path / "a"), WORLD16, progress=False)
     train.train_vae(SMALL, tc, str(tmp_path / "b"), WORLD16, progress=False, stop_after=4)  # "killed"
-    log = train.read_log(str(tmp_path / "b"))
+    log = store.read_log(str(tmp_path / "b"))
     assert log[-1]["step"] == 4
     resumed = train.train_vae(SMALL, tc, str(tmp_path / "b"), WORLD16, progress=False)
     for x, y in zip(_params(straight), _params(resumed), strict=True):
         np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-7)
-    steps = [r["step"] for r in train.read_log(str(tmp_path / "b"))]
+    steps = [r["step"] for r in store.read_log(str(tmp_path / "b"))]
     assert steps == list(range(1, 7))  # no step logged twice after the resume
     # A run directory loads as a model too, with the last checkpoint's weights.
     loaded = VideoVAE.from_pretrained(str(tmp_path / "b"))
@@ -150,7 +152,7 @@ def test_kill_and_resume_equals_uninterrupted_run(tmp_path):
 
 def test_export_and_from_pretrained(tmp_path):
     model = VideoVAE(SMALL, rngs=nnx.Rngs(3))
-    manifest = export_pretrained(model, str(tmp_path / "vae"), world=WORLD16, eval_clips=4,
+    manifest = export_vae(model, str(tmp_path / "vae"), world=WORLD16, eval_clips=4,
                                  extra={"command": "test"})
     assert manifest["command"] == "test" and manifest["weights_dtype"] == "float16"
     assert set(manifest["metrics"]) >= {"psnr_db", "ssim", "latent_std", "latent_scale"}
@@ -173,7 +175,7 @@ def test_export_and_from_pretrained(tmp_path):
 
 def test_evaluate_reports_per_frame_quality():
     model = VideoVAE(SMALL, rngs=nnx.Rngs(0))
-    m = evaluate(model, WORLD16, n=4, batch_size=2)
+    m = reconstruction_metrics(model, WORLD16, n=4, batch_size=2)
     assert len(m["psnr_db_per_frame"]) == 5 and len(m["latent_std"]) == 4
     assert m["compression"] == pytest.approx((5 * 16 * 16 * 3) / (3 * 8 * 8 * 4))
 
@@ -183,7 +185,7 @@ def test_encode_latents_cache(tmp_path):
     import sys
 
     model = VideoVAE(SMALL, rngs=nnx.Rngs(0))
-    export_pretrained(model, str(tmp_path / "vae"), world=WORLD16, eval_clips=2)
+    export_vae(model, str(tmp_path / "vae"), world=WORLD16, eval_clips=2)
     data.build_dataset(WORLD16, tmp_path / "ds", {"train": 5}, progress=False)
     out = subprocess.run([sys.executable, "-m", "sora_mini", "encode-latents", "--vae", str(tmp_path / "vae"),
                           "--data", str(tmp_path / "ds"), "--out", str(tmp_path / "lat.npz"), "--batch-size", "2"],
@@ -205,20 +207,20 @@ def test_encode_latents_cache(tmp_path):
 
 def test_world_batch_crops_are_seeded_windows_of_the_clips():
     world = data.ShapesWorldConfig(num_frames=5)
-    full = train.world_batch(world, 3, 4)
-    crops = train.world_batch(world, 3, 4, crop_size=16)
+    full = dataset.world_batch(world, 3, 4)
+    crops = dataset.world_batch(world, 3, 4, crop_size=16)
     assert full.shape == (4, 5, 32, 32, 3) and crops.shape == (4, 5, 16, 16, 3)
-    np.testing.assert_array_equal(crops, train.world_batch(world, 3, 4, crop_size=16))
+    np.testing.assert_array_equal(crops, dataset.world_batch(world, 3, 4, crop_size=16))
     for clip, crop in zip(full, crops):  # each crop is a window of its own clip
         found = any(np.array_equal(clip[:, y:y + 16, x:x + 16], crop) for y in range(17) for x in range(17))
         assert found
     np.testing.assert_array_equal(full[0], data.make_clip(world, 12).video / np.float32(127.5) - 1)  # seeds 4*3..
     with pytest.raises(ValueError, match="crop_size must lie in"):
-        train.world_batch(world, 0, 2, crop_size=40)
+        dataset.world_batch(world, 0, 2, crop_size=40)
 
 
 def test_resuming_with_other_settings_is_refused(tmp_path):
-    tc = train.TrainConfig(steps=2, **TINY_TRAIN)
+    tc = train.VAETrainConfig(steps=2, **TINY_TRAIN)
     train.train_vae(SMALL, tc, str(tmp_path / "run"), WORLD16, progress=False)
     before = sorted(os.listdir(tmp_path / "run" / "checkpoints"))
     with pytest.raises(ValueError, match=r"different settings \(vae.channels"):
@@ -239,9 +241,9 @@ def test_causal_conv_equals_a_3d_convolution_of_the_front_padded_video(stride, k
 
 
 def test_fine_tuning_starts_from_the_pretrained_weights_and_records_its_stages(tmp_path):
-    tc = train.TrainConfig(steps=3, **TINY_TRAIN)
+    tc = train.VAETrainConfig(steps=3, **TINY_TRAIN)
     first = train.train_vae(SMALL, tc, str(tmp_path / "a"), WORLD16, progress=False)
-    export_pretrained(first, str(tmp_path / "vae"), run_dir=str(tmp_path / "a"), world=WORLD16, eval_clips=2,
+    export_vae(first, str(tmp_path / "vae"), run_dir=str(tmp_path / "a"), world=WORLD16, eval_clips=2,
                       extra={"command": "stage one"})
     pretrained = VideoVAE.from_pretrained(str(tmp_path / "vae"))
     start = train.train_vae(SMALL, tc, str(tmp_path / "b"), WORLD16, progress=False, stop_after=0,
@@ -251,7 +253,7 @@ def test_fine_tuning_starts_from_the_pretrained_weights_and_records_its_stages(t
     tuned = train.train_vae(SMALL, tc, str(tmp_path / "b"), WORLD16, progress=False,
                             init_from=str(tmp_path / "vae"))
     # Export over the very directory it started from: the earlier stage survives in the manifest.
-    manifest = export_pretrained(tuned, str(tmp_path / "vae"), run_dir=str(tmp_path / "b"), world=WORLD16,
+    manifest = export_vae(tuned, str(tmp_path / "vae"), run_dir=str(tmp_path / "b"), world=WORLD16,
                                  eval_clips=2)
     assert manifest["init"]["command"] == "stage one" and manifest["total_steps"] == 6
     steps = [json.loads(line)["step"] for line in open(tmp_path / "vae" / "log.jsonl")]

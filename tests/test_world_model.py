@@ -166,5 +166,5 @@ def test_shipped_classifier_reads_the_world_and_fvd_tells_real_from_broken():
     assert fvd.frechet_distance(fvd.features(model, shuffled), reference) > 1.2 * floor
     with pytest.raises(ValueError, match="uint8 videos"):
         fvd.features(model, np.zeros((2, 17, 32, 32, 3), np.float32))
-    with pytest.raises(FileNotFoundError, match="train-classifier"):
+    with pytest.raises(FileNotFoundError, match="train-fvd-classifier"):
         fvd.load_classifier("/nonexistent")

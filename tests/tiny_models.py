@@ -5,8 +5,9 @@ import numpy as np
 from flax import nnx
 
 from sora_mini import data, diffusion, train
-from sora_mini.pipeline import TextToVideoModel, export_pretrained
-from sora_mini.vae import VideoVAE, export_pretrained as export_vae
+from sora_mini.export import export_text_to_video, export_vae
+from sora_mini.model import TextToVideoModel
+from sora_mini.vae import VideoVAE
 
 WORLD = data.ShapesWorldConfig(height=16, width=16, num_frames=9)
 
@@ -23,5 +24,5 @@ def export_tiny_model(root, text_config, dit_config, vae_config, clips: int = 8)
                 "dit": {**dit_config.__dict__, "patch_size": list(dit_config.patch_size)}}
     train.train_dit(TextToVideoModel(text_config, dit_config, rngs=nnx.Rngs(0)), cache, tc, str(root / "run"),
                     diffusion.DiffusionConfig(time_shift=3.0), progress=False, settings=settings)
-    export_pretrained(str(root / "run"), str(root / "model"), str(root / "vae"))
+    export_text_to_video(str(root / "run"), str(root / "model"), str(root / "vae"))
     return cache
