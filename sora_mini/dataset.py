@@ -243,6 +243,12 @@ def batch_indices(n: int, step: int, batch_size: int, seed: int) -> np.ndarray:
     return np.asarray(rows)
 
 
+def stream_seeds(step: int, batch_size: int) -> range:
+    """The clip seeds of step `step` of an endless stream of training clips: `s*B .. s*B + B-1`
+    (inside the train seed range). The VAE and the FVD classifier train on such streams."""
+    return range(step * batch_size, (step + 1) * batch_size)
+
+
 def world_batch(world: ShapesWorldConfig, step: int, batch_size: int,
                 crop_size: int | None = None) -> np.ndarray:
     """`float32 [B, T, H, W, 3]` in [-1, 1]: the training clips of step `step`, each cut to a
@@ -250,8 +256,7 @@ def world_batch(world: ShapesWorldConfig, step: int, batch_size: int,
     is an endless dataset: step `s` holds the clips of seeds `s*B .. s*B + B-1`."""
     if crop_size is not None and not 0 < crop_size <= min(world.height, world.width):
         raise ValueError(f"crop_size must lie in 1..{min(world.height, world.width)}, got {crop_size}")
-    seeds = range(step * batch_size, (step + 1) * batch_size)  # inside the train seed range
-    video = np.stack([make_clip(world, s).video for s in seeds])
+    video = np.stack([make_clip(world, s).video for s in stream_seeds(step, batch_size)])
     if crop_size is not None:
         video = _random_crops(video, crop_size, step)
     return to_float(video)

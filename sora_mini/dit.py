@@ -31,15 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from sora_mini.patchify import (
-    apply_rope,
-    patch_coordinates,
-    patch_grid,
-    patchify,
-    rope_angles,
-    sincos_embedding,
-    unpatchify,
-)
+from sora_mini.patchify import (apply_rope, patch_coordinates, patch_grid, patchify, rope_angles, sincos_embedding,
+                                unpatchify)
 from sora_mini.store import count_params  # noqa: F401  (re-exported: dit.count_params(model))
 
 

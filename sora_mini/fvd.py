@@ -35,7 +35,7 @@ from flax import nnx
 
 from sora_mini import loop, store
 from sora_mini.captions import ATTRIBUTE_HEADS
-from sora_mini.dataset import SPLIT_SEED_OFFSETS, make_clip, split_config
+from sora_mini.dataset import SPLIT_SEED_OFFSETS, make_clip, split_config, stream_seeds
 from sora_mini.video import to_float
 from sora_mini.world import BACKGROUNDS, SHAPES_WORLD_PRESETS, SIZES, Clip, ShapesWorldConfig
 
@@ -52,16 +52,14 @@ class ClassifierConfig:
 
 
 @dataclasses.dataclass(frozen=True)
-class ClassifierTrainConfig:
-    """How `train_classifier` trains: a fresh stream of training-split clips, AdamW."""
+class ClassifierTrainConfig(loop.TrainConfig):
+    """How `train_classifier` trains: a fresh stream of training-split clips
+    (`dataset.stream_seeds`), AdamW."""
 
     steps: int = 1500
-    batch_size: int = 32
     learning_rate: float = 2e-3
     warmup_steps: int = 50
-    weight_decay: float = 1e-4
-    grad_clip: float = 0.0
-    seed: int = 0
+    log_every: int = 20
 
 
 def clip_labels(clip: Clip) -> dict[str, int]:
@@ -130,17 +128,16 @@ def labelled_batch(world: ShapesWorldConfig, seeds) -> tuple[np.ndarray, dict]:
 
 def train_classifier(tc: ClassifierTrainConfig = ClassifierTrainConfig(), world: ShapesWorldConfig | None = None,
                      progress: bool = True) -> VideoClassifier:
-    """Train on a fresh stream of training-split clips (the batch of step `s`: seeds
-    `s * B ... s * B + B - 1`) on the shared loop."""
+    """Train on a fresh stream of training-split clips on the shared loop."""
     world = split_config(world or SHAPES_WORLD_PRESETS["tiny"], "train")
     model = VideoClassifier(rngs=nnx.Rngs(tc.seed))
     optimizer = nnx.Optimizer(model, loop.make_optimizer(tc), wrt=nnx.Param)
 
     def run_step(step):
-        video, labels = labelled_batch(world, range(step * tc.batch_size, (step + 1) * tc.batch_size))
+        video, labels = labelled_batch(world, stream_seeds(step, tc.batch_size))
         return _train_step(model, optimizer, jnp.asarray(video), labels)
 
-    loop.run_loop(run_step, steps=tc.steps, desc="train-fvd-classifier", log_every=20, progress=progress)
+    loop.run_loop(run_step, steps=tc.steps, desc="train-fvd-classifier", log_every=tc.log_every, progress=progress)
     return model
 
 

@@ -123,15 +123,13 @@ def guidance_times(key, batch: int, config: DiffusionConfig):
 
 
 @dataclasses.dataclass(frozen=True)
-class GuidanceTrainConfig:
+class GuidanceTrainConfig(loop.TrainConfig):
+    """How `train_latent_classifier` trains: a latent cache, noised as the sampler sees it."""
+
     steps: int = 2000
     batch_size: int = 64
-    learning_rate: float = 1e-3
-    warmup_steps: int = 100
-    weight_decay: float = 1e-4
-    grad_clip: float = 0.0
+    log_every: int = 20
     latent_scale: float = 1.0  # the DiT's: the classifier reads the sampler's latents
-    seed: int = 0
 
 
 def make_classifier_train_step(diffusion_config: DiffusionConfig, tc: GuidanceTrainConfig):
@@ -166,7 +164,8 @@ def train_latent_classifier(latents: dict, tc: GuidanceTrainConfig, diffusion_co
         return step_fn(model, optimizer, mean[rows], logvar[rows], {k: v[rows] for k, v in labels.items()},
                        jax.random.fold_in(key, step))
 
-    log = loop.run_loop(run_step, steps=tc.steps, desc="train-guidance", log_every=20, progress=progress)
+    log = loop.run_loop(run_step, steps=tc.steps, desc="train-guidance", log_every=tc.log_every, log_first=True,
+                        progress=progress)
     return model, log
 
 

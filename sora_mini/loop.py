@@ -27,10 +27,25 @@ from tqdm.auto import tqdm
 from sora_mini import store
 
 
-def make_optimizer(tc) -> optax.GradientTransformation:
-    """AdamW for a training config with `learning_rate`, `steps`, `warmup_steps`,
-    `weight_decay` and `grad_clip` (0 or None: no clipping): linear warm-up (at most half
-    the run), then cosine decay to 1% of the peak."""
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """What every training run of the course sets: its length and batch, AdamW and its
+    schedule (`make_optimizer`), how often it logs, its seed. Each model's training config
+    extends it and sets its own defaults."""
+
+    steps: int = 1000
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    warmup_steps: int = 100
+    weight_decay: float = 1e-4
+    grad_clip: float = 0.0  # clip the gradient to this global norm (0: no clipping)
+    log_every: int = 10
+    seed: int = 0
+
+
+def make_optimizer(tc: TrainConfig) -> optax.GradientTransformation:
+    """AdamW for a training config: linear warm-up (at most half the run), then cosine
+    decay to 1% of the peak, after clipping the gradient when `grad_clip` is set."""
     warmup = min(tc.warmup_steps, tc.steps // 2)
     schedule = optax.warmup_cosine_decay_schedule(0.0, tc.learning_rate, warmup_steps=warmup,
                                                   decay_steps=max(tc.steps, warmup + 1),
@@ -117,10 +132,12 @@ class Checkpoints:
 
 def run_loop(run_step: Callable[[int], dict], *, steps: int, desc: str, start: int = 0, stop_after: int | None = None,
              log_every: int = 10, out_dir: str | None = None, checkpoints: Checkpoints | None = None,
-             describe: Callable[[dict], dict] | None = None, progress: bool = True) -> list[dict]:
+             describe: Callable[[dict], dict] | None = None, log_first: bool = False,
+             progress: bool = True) -> list[dict]:
     """Run `run_step(step) -> metrics` (a dict with a "loss") for steps `start..end`, where
     `end` is `steps`, or `start + stop_after` (how tests simulate a kill). Returns the rows
-    logged by this call: `{"step": 1-based, "time": seconds, **metrics, **describe(metrics)}`."""
+    logged by this call: `{"step": 1-based, "time": seconds, **metrics, **describe(metrics)}`,
+    every `log_every` steps, at the end, and with `log_first` after the first step too."""
     end = steps if stop_after is None else min(steps, start + stop_after)
     log_path = None if out_dir is None else os.path.join(out_dir, "log.jsonl")
     t0 = time.perf_counter()
@@ -135,7 +152,8 @@ def run_loop(run_step: Callable[[int], dict], *, steps: int, desc: str, start: i
             for step in bar:
                 metrics = run_step(step)
                 save_now = checkpoints is not None and ((step + 1) % checkpoints.every == 0 or step + 1 == end)
-                if (step + 1) % log_every == 0 or step + 1 == end or save_now:  # never save a non-finite model
+                first = log_first and step == start
+                if (step + 1) % log_every == 0 or step + 1 == end or save_now or first:  # never save a non-finite model
                     m = {k: float(v) for k, v in metrics.items()}
                     if not np.isfinite(m["loss"]):
                         raise FloatingPointError(_non_finite(m["loss"], step + 1, checkpoints, out_dir))

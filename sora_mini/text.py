@@ -111,10 +111,9 @@ class TextConfig:
     num_heads: int = 4
     mlp_ratio: float = 4.0
     # > 0: a linear head on `pooled` that says which colours, shapes and motions the caption
-    # names (`guidance.caption_label_matrix`, trained by `DiTTrainConfig.caption_loss`).
+    # names (`captions.caption_label_matrix`, trained by `DiTTrainConfig.caption_loss`).
     # An encoder learned only through the denoiser keeps just the words the diffusion
-    # loss pays for: the first tiny model's "left" and "right" came out 0.05 apart, "red" and
-    # "blue" 0.40 (relative distance of the token outputs).
+    # loss pays for, and the direction words are worth little to it (chapter 06).
     attribute_classes: int = 0
 
     def __post_init__(self):

@@ -41,24 +41,20 @@ def vae_train_step(model: vae_lib.VideoVAE, optimizer: nnx.Optimizer, video, key
 
 
 @dataclasses.dataclass(frozen=True)
-class VAETrainConfig:
+class VAETrainConfig(loop.TrainConfig):
     """How `train_vae` trains a VAE: a fresh stream of shapes-world clips, AdamW."""
 
     steps: int = 2000
     batch_size: int = 8
+    learning_rate: float = 5e-4
+    grad_clip: float = 1.0
     num_frames: int = 9  # training clip length (1 + k * f_t); the VAE is convolutional in time
     # Train on random crop_size x crop_size windows of each clip (None: whole frames). The
-    # VAE is fully convolutional, so it still encodes whole frames; crops buy ~4x more
-    # clips per CPU-second, and the quality on whole held-out frames is what we report.
+    # VAE is fully convolutional, so it still encodes whole frames; crops buy more clips per
+    # CPU-second, and the quality on whole held-out frames is what is reported.
     crop_size: int | None = None
-    learning_rate: float = 5e-4
-    warmup_steps: int = 100
-    weight_decay: float = 1e-4
-    grad_clip: float = 1.0
     save_every: int = 250
-    log_every: int = 10
     keep_checkpoints: int = 2
-    seed: int = 0
 
 
 def train_vae(vae_config: vae_lib.VAEConfig, tc: VAETrainConfig, out_dir: str,
@@ -156,17 +152,18 @@ def encode_dataset(model: vae_lib.VideoVAE, dataset, batch_size: int = 32, progr
 
 
 @dataclasses.dataclass(frozen=True)
-class DiTTrainConfig:
+class DiTTrainConfig(loop.TrainConfig):
+    """How `train_dit` trains the text encoder and DiT on a latent cache: AdamW, an EMA."""
+
     steps: int = 4000
-    batch_size: int = 32
     learning_rate: float = 3e-4
     warmup_steps: int = 200
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     ema_decay: float = 0.999  # the EMA weights are the ones to sample with
     # DiT's EMA warm-up: decay min(ema_decay, (1 + n) / (10 + n)) at update n, so the EMA
-    # of a short run is not mostly its initial weights (0.999 from step 0 keeps 61% of
-    # them after 500 steps).
+    # of a short run is not mostly its initial weights (0.999 from step 0 keeps
+    # 0.999^500 = 61% of them after 500 steps).
     ema_warmup: bool = True
     caption_dropout: float = 0.1  # captions replaced by the empty prompt: classifier-free guidance
     # A DiT with frame conditioning is shown some of its clip's latent frames in this
@@ -178,9 +175,7 @@ class DiTTrainConfig:
     caption_loss: float = 0.0
     latent_scale: float = 1.0  # the VAE manifest's latent_scale: diffusion sees unit-variance latents
     save_every: int = 500
-    log_every: int = 10
     keep_checkpoints: int = 2
-    seed: int = 0
 
 
 def data_mesh() -> jax.sharding.Mesh:

@@ -104,7 +104,7 @@ class CausalConv3d(nnx.Module):
 
     The weights are an ordinary `nnx.Conv` kernel `[k_t, k_h, k_w, C_in, C_out]`, but the
     sum over time is written out as `k_t` per-frame 2D convolutions: XLA's CPU backend runs
-    those 3-6x faster than its 3D convolution (`benchmarks/bench_vae.py`), and the result
+    those faster than its 3D convolution (`benchmarks/bench_vae.py` measures by how much), and the result
     is the same (`tests/test_vae.py` checks it against `lax.conv_general_dilated` in 3D)."""
 
     def __init__(self, cin: int, cout: int, kernel=(3, 3, 3), stride=(1, 1, 1), *, rngs: nnx.Rngs):

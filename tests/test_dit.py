@@ -7,6 +7,7 @@ from flax import nnx
 
 from sora_mini import dit
 from sora_mini.dit import DIT_PRESETS, DiT, DiTConfig, SelfAttention, count_params, gflops
+from sora_mini.patchify import patch_coordinates, patch_grid, rope_angles
 
 SMALL = DiTConfig(in_channels=4, patch_size=(1, 2, 2), hidden_size=48, depth=2, num_heads=4, text_dim=16)
 # Peebles & Xie (2023), Table 4: parameters and Gflops of the class-conditional image DiT.
@@ -53,6 +54,72 @@ def test_adaln_zero_every_block_is_the_identity_and_the_output_is_zero():
     for group in model.blocks:
         for block in group.blocks:  # ...but every block passes its input through unchanged
             np.testing.assert_array_equal(block(tokens, cond, (3, 2, 2), None, text, mask), tokens)
+
+
+# The layers DiT.initialize_zero zeroes, by path with the block and group indices left out.
+ZERO_INIT = {"blocks.blocks.adaln", "blocks.blocks.cross.proj", "final.adaln", "final.linear", "final.conv", "abs_pos"}
+
+
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_initialize_zero_zeroes_exactly_the_layers_added_to_something(scan_layers):
+    c = SMALL.replace(attention="factorised", depth=4, absolute_pos=True, output_conv=6, scan_layers=scan_layers)
+    for path, param in nnx.to_flat_state(nnx.state(DiT(c, rngs=nnx.Rngs(0)), nnx.Param)):
+        name = ".".join(p for p in path[:-1] if isinstance(p, str))
+        if path[-1] == "kernel":  # scanned: one stacked [groups, ...] array for all groups
+            assert bool((param[...] == 0).all()) == (name in ZERO_INIT), name
+        elif name in ZERO_INIT:
+            assert bool((param[...] == 0).all()), name
+
+
+def _intermediates(model, *inputs):
+    x, time, text, mask = inputs
+    out, inter = model(x, time, text=text, text_mask=mask, return_intermediates=True)
+    np.testing.assert_array_equal(out, model(x, time, text=text, text_mask=mask))  # the same output as without
+    return out, inter
+
+
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_at_initialisation_every_block_is_the_identity(scan_layers):
+    # A lost adaLN or cross-attention zero changes some block's activation, a lost absolute-
+    # position zero the tokens, a lost Linear or convolution zero in the head the output (the
+    # head's adaLN alone is not seen here: the test above checks it).
+    c = SMALL.replace(attention="factorised", depth=4, absolute_pos=True, output_conv=6, scan_layers=scan_layers)
+    x, time, text, mask = inputs = _inputs()
+    out, inter = _intermediates(DiT(c, rngs=nnx.Rngs(0)), *inputs)
+    assert inter["blocks"].shape == (4, 2, 12, 48) and float(jnp.abs(inter["condition"]).max()) > 0
+    for activation in inter["blocks"]:
+        np.testing.assert_array_equal(activation, inter["tokens"])
+    assert float(jnp.abs(out).max()) == 0.0
+    # The same seed builds the same patch embedding first: without absolute positions, the same tokens.
+    plain = DiT(c.replace(absolute_pos=False), rngs=nnx.Rngs(0))
+    np.testing.assert_array_equal(_intermediates(plain, *inputs)[1]["tokens"], inter["tokens"])
+
+
+def test_intermediates_are_the_blocks_activations_in_order_scanned_or_not():
+    plain = _randomize(DiT(SMALL.replace(attention="factorised", depth=4), rngs=nnx.Rngs(0)))
+    scanned = DiT(plain.config.replace(scan_layers=True), rngs=nnx.Rngs(0))
+    state = nnx.state(plain, nnx.Param)
+    state["blocks"] = jax.tree.map(lambda *xs: jnp.stack(xs), *[state["blocks"][i] for i in range(len(plain.blocks))])
+    nnx.update(scanned, state)
+    x, time, text, mask = inputs = _inputs()
+    grid = patch_grid(x.shape[1:4], SMALL.patch_size)
+    rope = rope_angles(patch_coordinates(grid), SMALL.head_dim)
+    out, inter = _intermediates(plain, *inputs)
+    assert inter["tokens"].shape == (2, 12, 48) and inter["condition"].shape == (2, 48)
+    assert inter["blocks"].shape == (4, 2, 12, 48)
+    np.testing.assert_allclose(inter["condition"], plain.condition(time, text, mask), atol=1e-6)
+    h = inter["tokens"]  # each activation is the block's output from the one before
+    for group in plain.blocks:
+        for block in group.blocks:
+            h = block(h, inter["condition"], grid, rope, text, mask)
+    np.testing.assert_allclose(h, inter["blocks"][-1], atol=1e-5)
+    np.testing.assert_allclose(plain.final(inter["blocks"][-1], inter["condition"], grid), out, atol=1e-6)
+    scanned_out, scanned_inter = _intermediates(scanned, *inputs)
+    np.testing.assert_allclose(scanned_out, out, atol=1e-4)
+    for key in ("tokens", "condition", "blocks"):
+        assert scanned_inter[key].shape == inter[key].shape
+        np.testing.assert_allclose(scanned_inter[key], inter[key], atol=1e-4)
+    assert not np.allclose(inter["blocks"][1], inter["blocks"][2], atol=1e-3)  # the blocks do change the tokens
 
 
 def test_output_convolution_starts_at_zero_and_reaches_across_patch_borders():

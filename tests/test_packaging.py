@@ -1,6 +1,8 @@
 """The project's promises about itself: pip and conda agree, the README's commands are what
 CI runs, and the command line answers."""
 
+import ast
+import importlib.metadata
 import pathlib
 import re
 import subprocess
@@ -32,6 +34,32 @@ def test_environment_yml_matches_pyproject():
     python = next(d for d in env["dependencies"] if isinstance(d, str) and d.startswith("python"))
     assert python.replace(" ", "") == "python" + project["requires-python"]
     assert all(re.search(r">=\d", r) for r in project["dependencies"]), "every dependency needs a lower bound"
+
+
+def _imported_top_level_packages() -> set[str]:
+    """The third-party top-level packages `sora_mini` imports anywhere (function-local too)."""
+    names = set()
+    for path in (ROOT / "sora_mini").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names.add(node.module.split(".")[0])
+    return {n for n in names if n not in sys.stdlib_module_names and n != "sora_mini"}
+
+
+def test_runtime_dependencies_are_exactly_what_the_package_imports():
+    declared = {re.split(r"[<>=!~\[ ;]", r, maxsplit=1)[0].lower().replace("_", "-")
+                for r in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]}
+    providers = importlib.metadata.packages_distributions()  # import name -> distributions
+    imported = {}
+    for name in _imported_top_level_packages():
+        assert name in providers, f"sora_mini imports {name}, which no installed distribution provides"
+        imported[name] = {d.lower().replace("_", "-") for d in providers[name]}
+    undeclared = sorted(n for n, dists in imported.items() if not dists & declared)
+    assert not undeclared, f"imported but not declared in pyproject.toml: {undeclared}"
+    unused = sorted(d for d in declared if not any(d in dists for dists in imported.values()))
+    assert not unused, f"declared but never imported by sora_mini: {unused}"
 
 
 def test_readme_quickstart_is_what_ci_runs():
