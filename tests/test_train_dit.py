@@ -120,7 +120,7 @@ import numpy as np
 from flax import nnx
 sys.path.insert(0, {tests!r})
 import test_train_dit as t
-from sora_mini import train
+from sora_mini import store, train
 import jax
 train.train_dit(t._model(), t._cache(), t._tc(steps=3, batch_size=8), {out!r}, progress=False)
 print(json.dumps({{"devices": jax.device_count(), "losses": [r["loss"] for r in store.read_log({out!r})]}}))
