@@ -328,7 +328,7 @@ class DiT(nnx.Module):
           branches) and the cross-attention output (no gate): every block is the identity.
         - The final layer's adaLN and Linear: the model outputs zero.
         - The absolute-position projection and the output convolution: no-ops, so a model
-          without them grows into one that computes the same (`pipeline.copy_weights`).
+          without them grows into one that computes the same (`model.copy_weights`).
         Layers are built with their usual initialisers first, so the other parameters draw the
         same random numbers. Scanned blocks' parameters are stacked `[groups, ...]`: all zeroed."""
         zero = [self.abs_pos, self.final.adaln, self.final.linear, self.final.conv]
