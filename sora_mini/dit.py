@@ -177,6 +177,7 @@ class SelfAttention(nnx.Module):
         self.proj = _linear(c.hidden_size, c.hidden_size, dtype, rngs)
         rms_norm = lambda: nnx.RMSNorm(c.head_dim, dtype=dtype, rngs=rngs) if c.qk_norm else None
         self.q_norm, self.k_norm = rms_norm(), rms_norm()
+        self.attention_fn = None  # jax.nn.dot_product_attention; parallel.sequence_parallel swaps in its own
 
     def __call__(self, x, grid, rope=None):
         (B, N, D), H = x.shape, self.num_heads  # x: [B, N, D], N = gt * gh * gw
@@ -191,7 +192,7 @@ class SelfAttention(nnx.Module):
         elif self.kind == "temporal":  # across frames at each position: [B * gh * gw, gt, H, D/H]
             q, k, v = (a.reshape(B, gt, gh * gw, *a.shape[2:]).swapaxes(1, 2).reshape(B * gh * gw, gt, *a.shape[2:])
                        for a in (q, k, v))
-        h = jax.nn.dot_product_attention(q, k, v)  # the shape of q
+        h = (self.attention_fn or jax.nn.dot_product_attention)(q, k, v)  # the shape of q
         if self.kind == "temporal":
             h = h.reshape(B, gh * gw, gt, *h.shape[2:]).swapaxes(1, 2)  # [B, gt, gh * gw, H, D/H]
         return self.proj(h.reshape(B, N, D))  # [B, N, D]

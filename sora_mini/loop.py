@@ -122,6 +122,15 @@ def restore_latest(manager: ocp.CheckpointManager, out_dir: str, **targets) -> t
 
 
 @dataclasses.dataclass(frozen=True)
+class Utilisation:
+    """What `run_loop` needs to log a step's model FLOPs and the MFU (model FLOPs
+    utilisation: achieved model FLOP/s over `peak` FLOP/s) of each logged stretch."""
+
+    flops_per_step: float
+    peak: float
+
+
+@dataclasses.dataclass(frozen=True)
 class Checkpoints:
     """Where and how often `run_loop` saves: `save(step)` every `every` steps and at the end."""
 
@@ -133,11 +142,13 @@ class Checkpoints:
 def run_loop(run_step: Callable[[int], dict], *, steps: int, desc: str, start: int = 0, stop_after: int | None = None,
              log_every: int = 10, out_dir: str | None = None, checkpoints: Checkpoints | None = None,
              describe: Callable[[dict], dict] | None = None, log_first: bool = False,
-             progress: bool = True) -> list[dict]:
+             progress: bool = True, utilisation: Utilisation | None = None) -> list[dict]:
     """Run `run_step(step) -> metrics` (a dict with a "loss") for steps `start..end`, where
     `end` is `steps`, or `start + stop_after` (how tests simulate a kill). Returns the rows
     logged by this call: `{"step": 1-based, "time": seconds, **metrics, **describe(metrics)}`,
-    every `log_every` steps, at the end, and with `log_first` after the first step too."""
+    every `log_every` steps, at the end, and with `log_first` after the first step too.
+    With `utilisation`, rows also hold `model_flops` (a step's) and `mfu` over the steps
+    since the row before (the first stretch includes compiling)."""
     end = steps if stop_after is None else min(steps, start + stop_after)
     log_path = None if out_dir is None else os.path.join(out_dir, "log.jsonl")
     t0 = time.perf_counter()
@@ -146,6 +157,7 @@ def run_loop(run_step: Callable[[int], dict], *, steps: int, desc: str, start: i
         earlier = store.read_log(out_dir) if start and os.path.exists(log_path) else []
         t0 -= earlier[-1]["time"] if earlier else 0.0
     rows = []
+    last_step, last_time = start, time.perf_counter()
     try:
         with open(log_path, "a") if log_path else contextlib.nullcontext() as log:
             bar = tqdm(range(start, end), initial=start, total=steps, desc=desc, disable=not progress)
@@ -158,6 +170,11 @@ def run_loop(run_step: Callable[[int], dict], *, steps: int, desc: str, start: i
                     if not np.isfinite(m["loss"]):
                         raise FloatingPointError(_non_finite(m["loss"], step + 1, checkpoints, out_dir))
                     m = describe(m) if describe else m
+                    if utilisation is not None:
+                        now = time.perf_counter()
+                        achieved = utilisation.flops_per_step * (step + 1 - last_step) / max(now - last_time, 1e-9)
+                        m = {**m, "model_flops": utilisation.flops_per_step, "mfu": achieved / utilisation.peak}
+                        last_step, last_time = step + 1, now
                     rows.append({"step": step + 1, "time": round(time.perf_counter() - t0, 2), **m})
                     if log is not None:
                         log.write(json.dumps(rows[-1]) + "\n")

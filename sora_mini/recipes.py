@@ -17,7 +17,7 @@ import time
 import numpy as np
 from flax import nnx
 
-from sora_mini import dataset, evaluate, export, fvd, guidance, loop, store, train
+from sora_mini import dataset, evaluate, export, fvd, guidance, loop, parallel, store, train
 from sora_mini import video as video_lib
 from sora_mini.model import TextToVideoModel, configs_from_settings, init_from_pretrained
 from sora_mini.pipeline import TextToVideo
@@ -140,9 +140,16 @@ def train_dit(preset: str, vae: str, latents: str, out: str, *, steps: int | Non
               unshifted_fraction: float | None = None, max_time: float | None = None,
               frame_conditioning: bool | None = None, absolute_pos: bool | None = None,
               caption_loss: float | None = None, output_conv: int | None = None, init: str | None = None,
-              export_to: str | None = None, low_noise_below: float | None = None, command: str = "") -> None:
+              export_to: str | None = None, low_noise_below: float | None = None, precision: str = "float32",
+              mesh: str = "", coordinator: str | None = None, num_processes: int = 1, process_id: int = 0,
+              command: str = "") -> None:
     """Train (or resume) the text encoder and DiT of a preset on a latent cache; export the
-    model (or, with `low_noise_below`, a low-noise expert of the model in `export_to`)."""
+    model (or, with `low_noise_below`, a low-noise expert of the model in `export_to`).
+    `precision` and `mesh` (`"data=2,fsdp=4"`) choose mixed precision and FSDP
+    (`parallel`); with a `coordinator`, this is process `process_id` of `num_processes`,
+    each started with the same arguments on its own host, and process 0 exports."""
+    mesh_shape = parallel.MeshShape.parse(mesh)
+    parallel.initialize(coordinator, num_processes, process_id)  # before anything touches a device
     text_config, dit_config, diffusion_config, caption_loss = dit_preset_configs(
         preset, frame_conditioning=frame_conditioning, absolute_pos=absolute_pos, time_shift=time_shift,
         unshifted_fraction=unshifted_fraction, caption_loss=caption_loss, output_conv=output_conv,
@@ -153,7 +160,7 @@ def train_dit(preset: str, vae: str, latents: str, out: str, *, steps: int | Non
                          f"make one with python -m sora_mini encode-latents --vae {vae} --out {latents}")
     tc = train.DiTTrainConfig(steps=steps or p.steps, batch_size=batch_size or p.batch_size,
                               learning_rate=lr or p.learning_rate, latent_scale=latent_scale,
-                              caption_loss=caption_loss)
+                              caption_loss=caption_loss, precision=precision)
     settings = {"text": dataclasses.asdict(text_config), "dit": dataclasses.asdict(dit_config),
                 "vae": os.path.abspath(vae), "latents": os.path.abspath(latents),
                 "init": init and os.path.abspath(init)}
@@ -164,9 +171,9 @@ def train_dit(preset: str, vae: str, latents: str, out: str, *, steps: int | Non
         os.makedirs(out, exist_ok=True)
         store.write_json(init_manifest, init_from_pretrained(model, init))
         print(f"initialised from the pretrained model in {init}")
-    train.train_dit(model, cache, tc, out, diffusion_config, settings=settings)
+    train.train_dit(model, cache, tc, out, diffusion_config, settings=settings, mesh=mesh_shape)
     print(f"trained the DiT: {out}")
-    if export_to:
+    if export_to and parallel.is_main_process():
         extra = {"command": command}
         if os.path.exists(init_manifest):  # a fine-tune: record the stage it started from
             extra["init"] = store.read_json(init_manifest)

@@ -22,7 +22,7 @@ import optax
 from flax import nnx
 from tqdm.auto import tqdm
 
-from sora_mini import diffusion, loop, store
+from sora_mini import diffusion, loop, parallel, store
 from sora_mini import vae as vae_lib
 from sora_mini.captions import caption_label_matrix
 from sora_mini.dataset import batch_indices, world_batch
@@ -174,14 +174,11 @@ class DiTTrainConfig(loop.TrainConfig):
     # needs, "left" as well as "red", within the DiT's reach. 0: the denoiser alone.
     caption_loss: float = 0.0
     latent_scale: float = 1.0  # the VAE manifest's latent_scale: diffusion sees unit-variance latents
+    # Compute dtype of every layer during training ("bfloat16": mixed precision, see
+    # parallel.compute_dtype); the weights, AdamW's moments and the EMA stay float32.
+    precision: str = "float32"
     save_every: int = 500
     keep_checkpoints: int = 2
-
-
-def data_mesh() -> jax.sharding.Mesh:
-    """A 1D mesh over every device, axis "data": the batch is split over it, the weights
-    are replicated. One CPU, a GPU, or a TPU v2-8 / v5e run the same step."""
-    return jax.sharding.Mesh(np.asarray(jax.devices()), ("data",))
 
 
 FRAME_TASKS = ("image", "first", "last", "ends", "random")
@@ -208,11 +205,13 @@ def random_frame_masks(key, batch: int, frames: int, rate: float):
     return (chosen & use).astype(jnp.float32)
 
 
-def make_dit_train_step(diffusion_config, tc: DiTTrainConfig):
+def make_dit_train_step(diffusion_config, tc: DiTTrainConfig, mesh: jax.sharding.Mesh | None = None):
     """A jitted step `(model, optimizer, ema, mean, logvar, ids, mask, empty_ids, key,
     labels=None) -> (ema, metrics)`: sample z from the cached posterior, drop captions, draw
     known frames (frame-conditioned DiTs), diffusion loss (+ the caption-attribute loss on
-    `labels [B, K]` when `tc.caption_loss`), AdamW update, EMA update."""
+    `labels [B, K]` when `tc.caption_loss`), AdamW update, EMA update. With a `mesh`, the
+    updated model, optimizer and EMA keep the shardings their NNX metadata names
+    (`parallel.fsdp`)."""
     @nnx.jit
     def step(model, optimizer, ema, mean, logvar, ids, mask, empty_ids, key, labels=None):
         if tc.caption_loss and labels is None:
@@ -247,25 +246,42 @@ def make_dit_train_step(diffusion_config, tc: DiTTrainConfig):
             n = optimizer.step[...].astype(jnp.float32)  # updates made, this one included
             decay = jnp.minimum(decay, n / (9.0 + n))
         ema = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, ema, params)
+        if mesh is not None:  # FSDP: the new state stays split as the old one was
+            nnx.update(model, parallel.constrain(nnx.state(model), mesh))
+            nnx.update(optimizer, parallel.constrain(nnx.state(optimizer), mesh))
+            ema = parallel.constrain(ema, mesh)
         return ema, {**metrics, "grad_norm": optax.tree_utils.tree_norm(grads)}
 
     return step
 
 
 def train_dit(model, latents: dict, tc: DiTTrainConfig, out_dir: str, diffusion_config=None, *,
-              tokenizer=None, progress: bool = True, stop_after: int | None = None, settings: dict | None = None):
+              tokenizer=None, progress: bool = True, stop_after: int | None = None, settings: dict | None = None,
+              mesh: parallel.MeshShape | None = None):
     """Train a `model.TextToVideoModel` on a latent cache (`encode_dataset` /
     `encode-latents`: `mean`, `logvar` `[N, t, h, w, c]` and `caption` `[N]`).
 
-    Orbax checkpoints (model, optimizer, EMA) every `save_every` steps; a second call with
-    the same settings resumes exactly. `settings` (configs as plain dicts) are written to
-    `train_config.json` and must match on resume. Stops with `FloatingPointError`, keeping
-    the last good checkpoint, if the loss stops being finite. Returns `(model, ema_state)`."""
+    The step runs on a `("data", "fsdp")` mesh of every device (`mesh`, default: data
+    parallel over all of them; `parallel.make_mesh`): the batch is split over both axes,
+    the weights, AdamW's moments and the EMA over `fsdp`. Under `jax.distributed`, every
+    process runs this with the same arguments and reads only its devices' rows of each
+    batch; process 0 writes the log. Orbax checkpoints (model, optimizer, EMA) every
+    `save_every` steps, each process saving its shards; a second call with the same
+    settings resumes exactly, on any mesh. `settings` (configs as plain dicts) are written
+    to `train_config.json` and must match on resume. Stops with `FloatingPointError`,
+    keeping the last good checkpoint, if the loss stops being finite. The log records the
+    model FLOPs of a step and the MFU against `parallel.peak_flops`. Returns
+    `(model, ema_state)`."""
     diffusion_config = diffusion_config or diffusion.DiffusionConfig()
     tokenizer = tokenizer or Tokenizer.shapes_world()
     for key in ("mean", "logvar", "caption"):
         if key not in latents:
             raise ValueError(f"the latent cache needs '{key}' (made by encode-latents), it has {sorted(latents)}")
+    if tc.precision not in parallel.PRECISIONS:
+        raise ValueError(f"precision must be one of {parallel.PRECISIONS}, got {tc.precision!r}")
+    mesh = parallel.make_mesh(mesh)
+    if tc.batch_size % mesh.size:
+        raise ValueError(f"batch_size={tc.batch_size} must divide by the {mesh.size} devices of the mesh")
     mean, logvar = np.asarray(latents["mean"], np.float32), np.asarray(latents["logvar"], np.float32)
     n = len(mean)
     if n < tc.batch_size:
@@ -287,40 +303,43 @@ def train_dit(model, latents: dict, tc: DiTTrainConfig, out_dir: str, diffusion_
     run = loop.run_settings(train=tc, diffusion=diffusion_config, clips=n, **(settings or {}))
     config_path = loop.check_run_settings(out_dir, run, defaults={
         "diffusion": dataclasses.asdict(diffusion.DiffusionConfig()), "train": dataclasses.asdict(DiTTrainConfig())})
-    optimizer = nnx.Optimizer(model, loop.make_optimizer(tc), wrt=nnx.Param)
-    ema = jax.tree.map(jnp.copy, nnx.state(model, nnx.Param))
-    manager = store.checkpoint_manager(os.path.join(out_dir, "checkpoints"), tc.keep_checkpoints)
-    start, restored = loop.restore_latest(manager, out_dir, model=nnx.state(model), opt=nnx.state(optimizer), ema=ema)
-    if restored is not None:
-        nnx.update(model, restored["model"])
-        nnx.update(optimizer, restored["opt"])
-        ema = restored["ema"]
-    store.write_json(config_path, run)
+    with parallel.fsdp(model, mesh):  # the split of each weight, in its NNX metadata
+        with jax.set_mesh(mesh):  # NNX shards the new moments as their metadata says
+            optimizer = nnx.Optimizer(model, loop.make_optimizer(tc), wrt=nnx.Param)
+        nnx.update(model, parallel.place(nnx.state(model), mesh))
+        nnx.update(optimizer, parallel.place(nnx.state(optimizer), mesh))
+        ema = jax.tree.map(jnp.copy, nnx.state(model, nnx.Param))
+        manager = store.checkpoint_manager(os.path.join(out_dir, "checkpoints"), tc.keep_checkpoints)
+        start, restored = loop.restore_latest(manager, out_dir, model=nnx.state(model), opt=nnx.state(optimizer),
+                                              ema=ema)
+        if restored is not None:  # restored onto the shardings of the targets
+            nnx.update(model, restored["model"])
+            nnx.update(optimizer, restored["opt"])
+            ema = restored["ema"]
+        if parallel.is_main_process():
+            store.write_json(config_path, run)
 
-    mesh = data_mesh()
-    if tc.batch_size % mesh.size:
-        raise ValueError(f"batch_size={tc.batch_size} must divide by the {mesh.size} devices of the mesh")
-    batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    nnx.update(model, jax.device_put(nnx.state(model), replicated))
-    nnx.update(optimizer, jax.device_put(nnx.state(optimizer), replicated))
-    ema = jax.device_put(ema, replicated)
-    step_fn = make_dit_train_step(diffusion_config, tc)
-    key = jax.random.key(tc.seed)
-    ema_box = [ema]  # the step replaces the EMA state; the save needs the latest one
+        step_fn = make_dit_train_step(diffusion_config, tc, mesh)
+        key = jax.random.key(tc.seed)
+        ema_box = [ema]  # the step replaces the EMA state; the save needs the latest one
 
-    def run_step(step):
-        rows = batch_indices(n, step, tc.batch_size, tc.seed)
-        batch = jax.device_put((mean[rows], logvar[rows], ids[rows], mask[rows]), batch_sharding)
-        named = None if labels is None else jax.device_put(labels[rows], batch_sharding)
-        ema_box[0], metrics = step_fn(model, optimizer, ema_box[0], *batch, empty_ids, jax.random.fold_in(key, step),
-                                      named)
-        return metrics
+        def take(rows):  # this process's rows of a batch
+            return (mean[rows], logvar[rows], ids[rows], mask[rows]) + (() if labels is None else (labels[rows],))
 
-    def save(step):
-        store.save_checkpoint(manager, step, model=nnx.state(model), opt=nnx.state(optimizer), ema=ema_box[0])
+        def run_step(step):
+            batch = parallel.global_batch(batch_indices(n, step, tc.batch_size, tc.seed), take, mesh)
+            named = batch[4] if labels is not None else None
+            ema_box[0], metrics = step_fn(model, optimizer, ema_box[0], *batch[:4], empty_ids,
+                                          jax.random.fold_in(key, step), named)
+            return metrics
 
-    loop.run_loop(run_step, steps=tc.steps, desc="train-dit", start=start, stop_after=stop_after,
-                  log_every=tc.log_every, out_dir=out_dir, checkpoints=loop.Checkpoints(manager, save, tc.save_every),
-                  progress=progress)
+        def save(step):
+            store.save_checkpoint(manager, step, model=nnx.state(model), opt=nnx.state(optimizer), ema=ema_box[0])
+
+        flops = parallel.train_flops(model.dit.config, mean.shape[1:], tc.batch_size, ids.shape[1])
+        with parallel.compute_dtype(model, tc.precision):
+            loop.run_loop(run_step, steps=tc.steps, desc="train-dit", start=start, stop_after=stop_after,
+                          log_every=tc.log_every, out_dir=out_dir if parallel.is_main_process() else None,
+                          checkpoints=loop.Checkpoints(manager, save, tc.save_every), progress=progress,
+                          utilisation=loop.Utilisation(flops, parallel.total_peak_flops(mesh)))
     return model, ema_box[0]
