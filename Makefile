@@ -19,7 +19,7 @@ install: $(STAMP)
 
 # The course's main job: prompts -> videos with the shipped tiny model, and an HTML page.
 demo: $(STAMP)
-	$(BIN)/python -m sora_mini demo --model data/pretrained/tiny --out outputs
+	$(BIN)/python -m sora_mini demo --model tiny --out outputs
 
 # Every test, notebooks included (executed top to bottom in fast mode).
 test: $(STAMP)

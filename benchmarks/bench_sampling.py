@@ -8,13 +8,12 @@ between the two, each step running one of them). Uses
 the shipped model when present, else random weights of the same shapes (speed does not
 depend on the weights).
 
-    python benchmarks/bench_sampling.py [--model data/pretrained/tiny] [--steps 50] [--json out.json]
+    python benchmarks/bench_sampling.py [--model tiny] [--steps 50] [--json out.json]
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import time
 
 import jax
@@ -28,16 +27,16 @@ from sora_mini.vae import VAE_PRESETS, VideoVAE
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="data/pretrained/tiny")
+    parser.add_argument("--model", default="tiny", help="a shipped model's name or an exported directory")
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--sampler", default="euler")
     parser.add_argument("--guidance", type=float, default=4.0)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json")
     args = parser.parse_args()
-    if os.path.isdir(os.path.join(args.model, "dit")):
+    try:
         pipe, weights = pipeline.TextToVideo.from_pretrained(args.model), "shipped"
-    else:
+    except FileNotFoundError:
         model = pipeline.TextToVideoModel(text.TEXT_PRESETS["tiny"], dit.DIT_PRESETS["tiny"], rngs=nnx.Rngs(0))
         pipe = pipeline.TextToVideo(VideoVAE(VAE_PRESETS["tiny"], rngs=nnx.Rngs(0)), model, DiffusionConfig(), 1.0)
         weights = "random"

@@ -20,12 +20,11 @@ import numpy as np
 from flax import nnx
 
 from _report import report
-from sora_mini import loop, text, train
+from sora_mini import loop, parallel, text, train
 from sora_mini.model import TextToVideoModel
 from sora_mini.captions import caption_label_matrix
 from sora_mini.presets import DIT_TRAIN_PRESETS, dit_preset_configs
 
-LATENTS = {"tiny": (9, 8, 8, 8), "small": (5, 8, 8, 16)}  # the VAE latents each preset trains on
 
 
 def main() -> None:
@@ -47,11 +46,11 @@ def main() -> None:
     ids, mask = tokenizer(captions)
     empty = jnp.asarray(tokenizer("")[0][0])
     rng = np.random.default_rng(0)
-    mean = jnp.asarray(rng.normal(size=(B, *LATENTS[args.preset])), jnp.float32)
+    mean = jnp.asarray(rng.normal(size=(B, *p.latent)), jnp.float32)
     logvar = jnp.full_like(mean, -4.0)
 
-    mesh = train.data_mesh()
-    sharded = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    mesh = parallel.make_mesh()  # train_dit's default: data parallel over every device
+    sharded = jax.sharding.NamedSharding(mesh, parallel.BATCH)
     batch = jax.device_put((mean, logvar, ids, mask), sharded)
     labels = jax.device_put(caption_label_matrix(captions), sharded) if caption_loss else None
     step = train.make_dit_train_step(diffusion_config, tc)
@@ -81,7 +80,7 @@ def main() -> None:
     peak = loop.matmul_gflops()
     report({"backend": jax.default_backend(), "devices": mesh.size, "preset": args.preset,
             "params": sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param))),
-            "batch": [B, *LATENTS[args.preset]], "train_step_compile_s": round(compile_s, 2),
+            "batch": [B, *p.latent], "train_step_compile_s": round(compile_s, 2),
             "train_step_ms": round(1e3 * step_s, 1),
             "second_step_ms": round(1e3 * second_s, 1), "steps_per_s": round(1 / step_s, 2),
             "clips_per_s": round(B / step_s, 1), "gflop_per_step_xla": round(flops / 1e9, 2),

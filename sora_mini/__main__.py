@@ -54,7 +54,8 @@ COMMANDS = {
         a.preset, a.vae, a.latents, a.out, steps=a.steps, batch_size=a.batch_size, lr=a.lr, time_shift=a.time_shift,
         unshifted_fraction=a.unshifted_fraction, max_time=a.max_time, frame_conditioning=a.frame_conditioning,
         absolute_pos=a.absolute_pos, caption_loss=a.caption_loss, output_conv=a.output_conv, init=a.init,
-        export_to=a.export, low_noise_below=a.low_noise_below, command=_command()),
+        export_to=a.export, low_noise_below=a.low_noise_below, precision=a.precision, mesh=a.mesh,
+        coordinator=a.coordinator, num_processes=a.num_processes, process_id=a.process_id, command=_command()),
     "train-all": lambda a: recipes.train_all(
         a.preset, a.out, a.data, train_clips=a.train_clips, export_to=a.export, vae_steps=a.vae_steps,
         dit_steps=a.dit_steps, dry_run=a.dry_run, low_noise_expert=a.low_noise_expert, expert_steps=a.expert_steps),
@@ -97,7 +98,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="data/shapes_world", help="output directory")
 
     p = sub.add_parser("demo", help="the course's main job: a gallery of prompts turned into videos (HTML page)")
-    p.add_argument("--model", default="data/pretrained/tiny", help="directory with dit/ and vae/")
+    p.add_argument("--model", default="tiny", help="a shipped model's name, or a directory with dit/ and vae/")
     p.add_argument("--out", default="outputs", help="where the videos and index.html go")
     p.add_argument("--n", type=int, default=len(DEMO_PROMPTS), help="how many of the gallery's prompts")
     p.add_argument("--seed", type=int, default=0)
@@ -125,7 +126,8 @@ def main(argv=None) -> int:
     p.add_argument("--export", help="after training, write the pretrained VAE (and its manifest) here")
 
     p = sub.add_parser("encode-latents", help="encode a dataset split into a latent cache (.npz) for the DiT")
-    p.add_argument("--vae", default="data/pretrained/tiny/vae", help="exported VAE or training run directory")
+    p.add_argument("--vae", default="tiny", help="a shipped model's name (its VAE), an exported VAE or a training "
+                   "run directory")
     p.add_argument("--data", default="data/shapes_world", help="dataset directory (build-data)")
     p.add_argument("--split", default="train")
     p.add_argument("--out", required=True, help="output .npz file")
@@ -133,7 +135,7 @@ def main(argv=None) -> int:
 
     p = sub.add_parser("train-dit", help="train the text encoder and DiT on a latent cache (resumes)")
     p.add_argument("--preset", default="tiny", help="DiT preset (tiny, small)")
-    p.add_argument("--vae", default="data/pretrained/tiny/vae", help="the exported VAE the latents came from")
+    p.add_argument("--vae", default="tiny", help="the exported VAE the latents came from (or a shipped model's name)")
     p.add_argument("--latents", required=True, help="latent cache .npz (encode-latents)")
     p.add_argument("--out", required=True, help="run directory: checkpoints, log.jsonl")
     p.add_argument("--steps", type=int)
@@ -154,11 +156,19 @@ def main(argv=None) -> int:
     p.add_argument("--output-conv", type=int,
                    help="features of U-ViT's 3x3x3 output convolution across patch borders (0: off; default: the "
                    "preset's)")
-    p.add_argument("--init", help="fine-tune from this pretrained text-to-video model (e.g. data/pretrained/tiny)")
+    p.add_argument("--init", help="fine-tune from this pretrained text-to-video model (a directory, or a name: tiny)")
     p.add_argument("--export", help="after training, write dit/ (EMA weights, manifest) and a copy of the VAE here")
     p.add_argument("--low-noise-below", type=float,
                    help="export as the low-noise expert of the model already in --export: it takes over sampling at "
                    "times t at and below this (Wan 2.2's two experts)")
+    p.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
+                   help="compute dtype of training (bfloat16: mixed precision, float32 weights and AdamW)")
+    p.add_argument("--mesh", default="", help="device mesh, e.g. data=2,fsdp=4: the batch over both axes, "
+                   "weights and optimizer state over fsdp (default: data parallel over every device)")
+    p.add_argument("--coordinator", help="HOST:PORT of process 0, to train on many hosts (jax.distributed); auto: "
+                   "found by JAX on a Cloud TPU pod slice, under SLURM or Open MPI")
+    p.add_argument("--num-processes", type=int, default=1, help="processes (hosts) in a many-host run")
+    p.add_argument("--process-id", type=int, default=0, help="this process's number, 0..num-processes-1")
 
     p = sub.add_parser("train-all", help="data, VAE, latent cache and DiT in one go, with a time estimate first")
     p.add_argument("--preset", default="tiny", choices=sorted(DIT_TRAIN_PRESETS))
@@ -177,7 +187,7 @@ def main(argv=None) -> int:
 
     p = sub.add_parser("generate", help="turn a prompt into a video with a pretrained text-to-video model")
     p.add_argument("prompt")
-    p.add_argument("--model", default="data/pretrained/tiny", help="directory with dit/ and vae/")
+    p.add_argument("--model", default="tiny", help="a shipped model's name, or a directory with dit/ and vae/")
     p.add_argument("--out", default="outputs/video.mp4")
     p.add_argument("--gif", action="store_true", help="also write a .gif beside the mp4")
     p.add_argument("--seed", type=int, default=0)
@@ -198,14 +208,15 @@ def main(argv=None) -> int:
     p.add_argument("--long", action="store_true", help="--frames beyond the training length, by overlapping windows")
 
     p = sub.add_parser("train-fvd-classifier", help="train the shapes-world video classifier whose features FVD uses")
-    p.add_argument("--out", default="data/pretrained/classifier")
+    p.add_argument("--out", default="runs/classifier", help="where it goes (evaluate --classifier reads it)")
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--batch-size", type=int, default=32)
 
     p = sub.add_parser("train-guidance", help="train the noisy-latent classifier for classifier guidance")
-    p.add_argument("--model", default="data/pretrained/tiny", help="the pretrained model it will guide")
+    p.add_argument("--model", default="tiny", help="the pretrained model it will guide (a name or a directory)")
     p.add_argument("--latents", required=True, help="latent cache .npz made with the model's VAE (encode-latents)")
-    p.add_argument("--out", help="where it goes (default MODEL/guidance, which from_pretrained loads)")
+    p.add_argument("--out", help="where it goes (default MODEL/guidance, which from_pretrained loads; runs/guidance "
+                   "for a shipped model's name)")
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--held-out", type=int, default=500, help="last clips of the cache kept out, to measure it")
@@ -216,13 +227,14 @@ def main(argv=None) -> int:
                    help="the classifier guidance scale the model then samples with by default (0: off)")
 
     p = sub.add_parser("evaluate", help="measure a pretrained model against the shapes world's ground truth")
-    p.add_argument("--checkpoint", default="data/pretrained/tiny", help="directory with dit/ and vae/")
+    p.add_argument("--checkpoint", default="tiny", help="a shipped model's name, or a directory with dit/ and vae/")
     p.add_argument("--n", type=int, default=128, help="number of prompts")
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--guidance", type=float, default=4.0)
     guide_args(p)
     p.add_argument("--sampler", default="euler")
-    p.add_argument("--classifier", default="data/pretrained/classifier", help="the video classifier FVD uses")
+    p.add_argument("--classifier", default="classifier", help="the video classifier FVD uses (a name or a "
+                   "directory)")
     p.add_argument("--splits", nargs="+", default=["test", "compositional"], help="splits for the world metrics")
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
 

@@ -42,7 +42,7 @@ from sora_mini.world import BACKGROUNDS, SHAPES_WORLD_PRESETS, SIZES, Clip, Shap
 # What the classifier learns to read, with its classes: what a caption names (colour,
 # shape, motion: the eight directions, "fall", "still"), and how many objects, on what.
 CLIP_HEADS = {**ATTRIBUTE_HEADS, "count": (1, 2, 3), "background": tuple(BACKGROUNDS)}
-LOAD_HINT = "train one with `python -m sora_mini train-fvd-classifier --out data/pretrained/classifier`"
+LOAD_HINT = "train one with `python -m sora_mini train-fvd-classifier --out runs/classifier`"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,9 +192,12 @@ def fvd(model: VideoClassifier, videos_a, videos_b) -> float:
 
 
 # ----------------------------------------------------------------------------------------
-# Loading: `data/pretrained/classifier/` (written by `export.export_classifier`).
+# Loading: the shipped `"classifier"` (`sora_mini/pretrained/classifier/`), or any directory
+# written by `export.export_classifier`.
 
 
-def load_classifier(path: str = "data/pretrained/classifier") -> VideoClassifier:
+def load_classifier(path: str = "classifier") -> VideoClassifier:
+    """The video classifier in `path`: a directory, or a shipped name (`"classifier"`)."""
+    path = store.resolve_pretrained(path, what="video classifier", hint=LOAD_HINT)
     return store.load_model(path, ClassifierConfig, lambda c: VideoClassifier(c, rngs=nnx.Rngs(0)),
                             what="video classifier", hint=LOAD_HINT)

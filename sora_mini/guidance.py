@@ -210,5 +210,7 @@ def classifier_grad_fn(model: LatentClassifier, labels: dict):
 
 
 def load_latent_classifier(path: str) -> LatentClassifier:
+    """The guidance classifier in `path`: a directory, or a shipped name (`"tiny"` is `tiny/guidance`)."""
+    path = store.resolve_pretrained(path, "guidance", what="guidance classifier", hint=LOAD_HINT)
     return store.load_model(path, LatentClassifierConfig, lambda c: LatentClassifier(c, rngs=nnx.Rngs(0)),
                             what="guidance classifier", hint=LOAD_HINT)

@@ -82,8 +82,9 @@ def copy_weights(source: TextToVideoModel, target: TextToVideoModel) -> None:
 
 
 def init_from_pretrained(model: TextToVideoModel, path: str) -> dict:
-    """Copy the pretrained model in `path` (`dit/`) into `model` (`copy_weights`), to
-    fine-tune it. Returns the pretrained model's manifest."""
+    """Copy the pretrained model in `path` (`dit/`; a directory or a shipped name such as
+    `"tiny"`) into `model` (`copy_weights`), to fine-tune it. Returns its manifest."""
+    path = store.resolve_pretrained(path, what="text-to-video model", hint=LOAD_HINT)
     copy_weights(load_text_to_video_model(os.path.join(path, "dit"))[0], model)
     return store.read_json(os.path.join(path, "dit", "manifest.json"))
 
@@ -113,8 +114,10 @@ def abstract_text_to_video_model(settings: dict) -> TextToVideoModel:
 
 
 def load_text_to_video_model(directory: str) -> tuple[TextToVideoModel, dict]:
-    """The text encoder and DiT exported to `directory` (`dit/` or `low_noise/`), in float32,
-    and their settings."""
+    """The text encoder and DiT exported to `directory` (`dit/` or `low_noise/`, or a shipped
+    name: `"tiny"` is `tiny/dit`), in float32, and their settings."""
+    if store.is_pretrained_name(directory):
+        directory = store.resolve_pretrained(directory, "dit")
     settings = read_settings(directory)
     model = store.restore_params(abstract_text_to_video_model(settings), directory, what="DiT weights",
                                  stored_dtype=jnp.dtype(settings.get("weights_dtype", "float32")))

@@ -45,15 +45,18 @@ PRECISIONS = ("float32", "bfloat16")
 # Many hosts: one process a host, every process runs the same program.
 
 
-def initialize(coordinator: str | None, num_processes: int, process_id: int) -> None:
+def initialize(coordinator: str | None, num_processes: int = 1, process_id: int = 0) -> None:
     """Join JAX's multi-controller runtime (`jax.distributed.initialize`) before any other
-    JAX call. `coordinator` is `HOST:PORT` of process 0; with `num_processes == 1` and no
-    coordinator this does nothing. On a TPU pod slice or under SLURM,
-    `jax.distributed.initialize()` finds all three by itself: pass them only elsewhere."""
+    JAX call. `coordinator` is `HOST:PORT` of process 0, with this process's number of
+    `num_processes`; `"auto"` lets JAX find all three on a Cloud TPU pod slice, under SLURM
+    or Open MPI; None with one process does nothing."""
+    if coordinator == "auto":
+        jax.distributed.initialize()
+        return
     if coordinator is None and num_processes == 1:
         return
     if coordinator is None or ":" not in coordinator:
-        raise ValueError(f"coordinator must be HOST:PORT of process 0, got {coordinator!r}")
+        raise ValueError(f"coordinator must be HOST:PORT of process 0 (or auto), got {coordinator!r}")
     if num_processes < 1 or not 0 <= process_id < num_processes:
         raise ValueError(f"process_id must be in 0..{num_processes - 1} (num_processes={num_processes}), "
                          f"got {process_id}")

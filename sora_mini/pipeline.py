@@ -19,6 +19,7 @@ from sora_mini import guidance as guidance_lib
 from sora_mini import store
 from sora_mini.captions import caption_labels
 from sora_mini.model import (
+    LOAD_HINT,
     TextToVideoModel,
     check_experts,
     check_switch,
@@ -33,7 +34,7 @@ from sora_mini.video import check_video, to_float, to_uint8
 
 
 class TextToVideo:
-    """`TextToVideo.from_pretrained("data/pretrained/tiny")("a red circle moves to the right")`
+    """`TextToVideo.from_pretrained("tiny")("a red circle moves to the right")`
     -> `uint8 [T, H, W, 3]`. Sampling (text encoding, the whole sampler loop with
     classifier-free guidance, VAE decoding) is one jitted function per setting."""
 
@@ -53,7 +54,10 @@ class TextToVideo:
 
     @classmethod
     def from_pretrained(cls, path) -> TextToVideo:
-        path = os.path.abspath(os.fspath(path))
+        """The text-to-video model in `path`: a shipped name (`"tiny"`, see
+        `store.resolve_pretrained`) or an exported directory with `dit/` and `vae/`, and
+        optionally `low_noise/` (a low-noise expert) and `guidance/` (a guidance classifier)."""
+        path = store.resolve_pretrained(path, what="text-to-video model", hint=LOAD_HINT)
         model, settings = load_text_to_video_model(os.path.join(path, "dit"))
         _, _, diffusion = configs_from_settings(settings)
         low, below = None, 0.0

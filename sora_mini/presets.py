@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from sora_mini import parallel
 from sora_mini.captions import ATTRIBUTE_CLASSES
 from sora_mini.diffusion import DiffusionConfig
 from sora_mini.dit import DIT_PRESETS, DiTConfig
@@ -22,7 +23,7 @@ REFERENCE_GFLOPS = 470.0
 @dataclasses.dataclass(frozen=True)
 class VAETrainPreset:
     """A VAE preset's training: `python -m sora_mini train-vae --preset NAME --out runs/vae
-    --export data/pretrained/NAME/vae`. `crop_size`: train on random square crops (the VAE
+    --export runs/export/vae`. `crop_size`: train on random square crops (the VAE
     is convolutional, so it still encodes whole frames; crops buy more clips a second)."""
 
     world: str
@@ -71,7 +72,7 @@ class TrainAllCost:
 @dataclasses.dataclass(frozen=True)
 class DiTTrainPreset:
     """A DiT preset's training: `python -m sora_mini train-dit --preset NAME --latents
-    runs/latents.npz --out runs/dit --export data/pretrained/NAME`.
+    runs/latents.npz --out runs/dit --export runs/export`.
 
     New runs condition on frames (chapter 08) and shift training times toward noise (SD3's
     shift), where the direction of motion is decided. The direction is only in the words:
@@ -84,6 +85,7 @@ class DiTTrainPreset:
     steps: int
     batch_size: int
     learning_rate: float
+    latent: tuple[int, int, int, int]  # (t, h, w, c): the latents of its VAE preset's clips
     frame_conditioning: bool = True
     time_shift: float = 3.0
     unshifted_fraction: float = 0.0
@@ -96,13 +98,30 @@ class DiTTrainPreset:
 
 DIT_TRAIN_PRESETS: dict[str, DiTTrainPreset] = {
     "tiny": DiTTrainPreset(
-        text="tiny", steps=6000, batch_size=32, learning_rate=1e-3,
+        text="tiny", steps=6000, batch_size=32, learning_rate=1e-3, latent=(9, 8, 8, 8),
         low_noise_expert=LowNoiseExpertPreset(steps=1600, learning_rate=5e-4, time_shift=1.0, max_time=0.5,
                                               output_conv=32, below=0.5),
         cost=TrainAllCost(build_data_s=40.0, vae_step_s=0.10, encode_clip_s=1 / 126, dit_step_s=0.45,
                           expert_step_s=0.52)),
-    "small": DiTTrainPreset(text="small", steps=50000, batch_size=64, learning_rate=2e-4),
+    # Sized for one Colab GPU or TPU: about half an hour of DiT training on a T4 by
+    # `dit_train_minutes` (an estimate from FLOPs: it has not run on one yet). Launch:
+    # `python -m sora_mini train-all --preset small --dry-run` prints the estimates, then
+    # without --dry-run trains; bf16 is the small DiT's compute dtype already.
+    "small": DiTTrainPreset(text="small", steps=50000, batch_size=64, learning_rate=2e-4, latent=(5, 8, 8, 16)),
 }
+
+# What an estimate for an accelerator the preset has not run on assumes: the model FLOPs
+# utilisation (MFU) of a well-fed small transformer, and the devices Colab lends.
+ASSUMED_MFU = 0.35
+COLAB_DEVICES = ("T4", "L4", "A100", "TPU v5 lite", "TPU v6")  # keys of parallel.DATASHEET_PEAKS
+
+
+def dit_train_minutes(preset: str, peak_flops: float, mfu: float = ASSUMED_MFU, steps: int | None = None) -> float:
+    """Estimated minutes of a preset's DiT training on a device of `peak_flops` running at
+    `mfu`: the model FLOPs of its steps (`parallel.train_flops`) over the achieved rate."""
+    p = DIT_TRAIN_PRESETS[preset]
+    _, dit_config, _, _ = dit_preset_configs(preset)
+    return (steps or p.steps) * parallel.train_flops(dit_config, p.latent, p.batch_size) / (peak_flops * mfu) / 60
 
 
 def dit_preset_configs(preset: str, *, frame_conditioning: bool | None = None, absolute_pos: bool | None = None,

@@ -21,7 +21,8 @@ from sora_mini import dataset, evaluate, export, fvd, guidance, loop, parallel, 
 from sora_mini import video as video_lib
 from sora_mini.model import TextToVideoModel, configs_from_settings, init_from_pretrained
 from sora_mini.pipeline import TextToVideo
-from sora_mini.presets import DEMO_PROMPTS, DIT_TRAIN_PRESETS, REFERENCE_GFLOPS, VAE_TRAIN_PRESETS, dit_preset_configs
+from sora_mini.presets import (ASSUMED_MFU, COLAB_DEVICES, DEMO_PROMPTS, DIT_TRAIN_PRESETS, REFERENCE_GFLOPS,
+                               VAE_TRAIN_PRESETS, dit_preset_configs, dit_train_minutes)
 from sora_mini.vae import VAE_PRESETS, VideoVAE
 from sora_mini.world import SHAPES_WORLD_PRESETS, ShapesWorldConfig
 
@@ -149,6 +150,8 @@ def train_dit(preset: str, vae: str, latents: str, out: str, *, steps: int | Non
     (`parallel`); with a `coordinator`, this is process `process_id` of `num_processes`,
     each started with the same arguments on its own host, and process 0 exports."""
     mesh_shape = parallel.MeshShape.parse(mesh)
+    vae = store.resolve_pretrained(vae, "vae", what="VAE") if store.is_pretrained_name(vae) else vae
+    init = store.resolve_pretrained(init) if init and store.is_pretrained_name(init) else init
     parallel.initialize(coordinator, num_processes, process_id)  # before anything touches a device
     text_config, dit_config, diffusion_config, caption_loss = dit_preset_configs(
         preset, frame_conditioning=frame_conditioning, absolute_pos=absolute_pos, time_shift=time_shift,
@@ -225,9 +228,14 @@ def train_all(preset: str, out: str | None = None, data: str | None = None, *,
             print(f"  {name:<40} {seconds * scale / 60:6.1f} min")
         print(f"  {'total':<40} {sum(s for _, s in stages) * scale / 60:6.1f} min\n", flush=True)
     else:
-        print(f"train-all --preset {preset}: no timing measured for this preset (it is sized for a GPU/TPU); "
-              f"{vae_steps} VAE steps, {dit_steps} DiT steps{f' and {expert_steps} expert steps' if expert else ''}\n",
-              flush=True)
+        print(f"train-all --preset {preset}: sized for a GPU/TPU and not yet timed on one; {vae_steps} VAE steps, "
+              f"{dit_steps} DiT steps{f' and {expert_steps} expert steps' if expert else ''}. Estimated DiT "
+              f"training from its FLOPs at an assumed {ASSUMED_MFU:.0%} MFU (an estimate, not a measurement):")
+        for name in COLAB_DEVICES:
+            peak = parallel.DATASHEET_PEAKS[name]
+            minutes = dit_train_minutes(preset, peak, steps=dit_steps)
+            print(f"  {name:<12} {peak / 1e12:5.0f} TFLOP/s bf16  {minutes:6.1f} min")
+        print(flush=True)
     if dry_run:
         return export_to
 
@@ -334,7 +342,10 @@ def train_guidance(model: str, latents: str, *, out: str | None = None, steps: i
                    scale: float = 0.0, command: str = "") -> dict:
     """The classifier of noisy latents that classifier guidance steers a pretrained model
     with, trained on the model's own latent space and time grid; the last `held_out`
-    clips of the cache are kept out to measure it. Returns its held-out accuracy by time."""
+    clips of the cache are kept out to measure it. Returns its held-out accuracy by time.
+    `out` defaults to `model/guidance` for a directory, `runs/guidance` for a shipped name."""
+    default_out = "runs/guidance" if store.is_pretrained_name(model) else os.path.join(model, "guidance")
+    model = store.resolve_pretrained(model) if store.is_pretrained_name(model) else model
     settings_path = os.path.join(model, "dit", "config.json")
     if not os.path.exists(settings_path):
         raise FileNotFoundError(f"no pretrained text-to-video model at {model} (expected dit/config.json)")
@@ -357,7 +368,7 @@ def train_guidance(model: str, latents: str, *, out: str | None = None, steps: i
     seconds = time.perf_counter() - t0
     accuracy = guidance.accuracy_by_time(classifier, kept_out, latent_scale=tc.latent_scale,
                                          diffusion_config=diffusion_config, n=held_out)
-    out = out or os.path.join(model, "guidance")
+    out = out or default_out
     export.export_classifier(classifier, out, {
         "model": "LatentClassifier (classifier guidance: the colours, shapes and motions a caption names)",
         "params": store.count_params(classifier), "train": dataclasses.asdict(tc),

@@ -9,14 +9,20 @@ classifiers) is a directory written by `exporting` and read by `read_config` and
     <model>/manifest.json  how it was made and what it measured
     <model>/log.jsonl      the training log, one JSON object a logged step
 
-A training run is a directory of Orbax checkpoints (`checkpoint_manager`) and a log."""
+A training run is a directory of Orbax checkpoints (`checkpoint_manager`) and a log.
+
+The models the course ships live inside the package, in `sora_mini/pretrained/<name>/`,
+and install with it (the wheel carries them): `resolve_pretrained("tiny")` finds them
+from any directory, so every loader takes a registered name or a path."""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib.resources
 import json
 import os
+import re
 import shutil
 from collections.abc import Iterator
 
@@ -87,6 +93,76 @@ def truncate_log(path: str, step: int) -> None:
 def write_log(path: str, rows: list[dict]) -> None:
     with open(path, "w") as f:
         f.writelines(json.dumps(row) + "\n" for row in rows)
+
+
+# ----------------------------------------------------------------------------------------
+# The shipped models, by name.
+
+# The package's own `pretrained/` directory (in the wheel, or in the repository for an
+# editable install). Each model in it is an export (`config.json`, `params/`, ...), or a
+# text-to-video model's directory of them (`dit/`, `vae/`, `low_noise/`, `guidance/`).
+PRETRAINED_ROOT = os.fspath(importlib.resources.files("sora_mini").joinpath("pretrained"))
+_NAME = re.compile(r"[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*")
+BIGGER_MODELS = ("A bigger model would not ship inside the package: it would be published as a release asset "
+                 "of the repository or a Hugging Face Hub repository and resolved by name into a local cache; "
+                 "nothing downloads one yet, so train it (`python -m sora_mini train-all --preset small`) and "
+                 "pass its export directory")
+
+
+def _is_model(directory: str) -> bool:
+    return (os.path.exists(os.path.join(directory, "config.json"))
+            or os.path.exists(os.path.join(directory, "dit", "config.json")))
+
+
+def pretrained_names() -> list[str]:
+    """The registered names `resolve_pretrained` knows: each model shipped in the package
+    (`"classifier"`, `"tiny"`) and each part of one (`"tiny/vae"`, `"tiny/dit"`, ...)."""
+    names = []
+    for root, dirs, _ in os.walk(PRETRAINED_ROOT):
+        dirs[:] = sorted(d for d in dirs if d != "params")
+        if root != PRETRAINED_ROOT and _is_model(root):
+            names.append(os.path.relpath(root, PRETRAINED_ROOT).replace(os.sep, "/"))
+    return sorted(names)
+
+
+def is_pretrained_name(name_or_path) -> bool:
+    """Whether `name_or_path` is a registered name (`pretrained_names()`) and no existing path."""
+    raw = os.fspath(name_or_path)
+    return not os.path.isabs(raw) and not os.path.exists(raw) and raw.strip("/") in pretrained_names()
+
+
+def resolve_pretrained(name_or_path, part: str | None = None, *, what: str = "model", hint: str = "") -> str:
+    """The directory a model is loaded from, as an absolute path.
+
+    - An existing path is returned as it is (made absolute), whatever it holds: the loader
+      decides whether it is an export, a training run or nothing it can read.
+    - A registered name (`pretrained_names()`: `"tiny"`, `"classifier"`, `"tiny/vae"`)
+      is the model shipped in the package, `PRETRAINED_ROOT/<name>`, found from any
+      directory. `part` (`"vae"`, `"dit"`, `"guidance"`, ...) picks that part of a whole
+      text-to-video model: `resolve_pretrained("tiny", "vae")` is `tiny/vae`, and so is
+      `resolve_pretrained("tiny/vae", "vae")`.
+    - Anything else raises `FileNotFoundError` saying "no pretrained `what` at ...",
+      naming the argument, listing the registered names and adding `hint`.
+
+    Only the `tiny` models ship (about 16 MB). A bigger model does not belong in the wheel:
+    it would be published as a release asset of the repository or as a Hugging Face Hub
+    repository, downloaded once by name into a local cache (e.g. `~/.cache/sora-mini/<name>`)
+    and then resolved here like the shipped ones. No code downloads anything yet; a bigger
+    model is trained (`python -m sora_mini train-all --preset small`) and passed as a path."""
+    raw = os.fspath(name_or_path)
+    if raw and os.path.exists(raw):
+        return os.path.abspath(raw)
+    name = raw.strip("/") if not os.path.isabs(raw) else ""
+    if _NAME.fullmatch(name) and not {".", ".."} & set(name.split("/")):
+        directory = os.path.join(PRETRAINED_ROOT, *name.split("/"))
+        if os.path.isdir(directory) and _is_model(directory):
+            if part and not os.path.exists(os.path.join(directory, "config.json")):
+                directory = os.path.join(directory, part)
+            return directory
+    raise FileNotFoundError(
+        f"no pretrained {what} at {os.path.abspath(raw)}: {raw!r} is neither a directory nor a registered name "
+        f"(the package ships {', '.join(pretrained_names()) or 'none'}). "
+        + (f"{hint[:1].upper()}{hint[1:]}. " if hint else "") + BIGGER_MODELS + ".")
 
 
 # ----------------------------------------------------------------------------------------

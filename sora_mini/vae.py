@@ -289,9 +289,10 @@ class VideoVAE(nnx.Module):
 
     @classmethod
     def from_pretrained(cls, path) -> VideoVAE:
-        """Load an exported VAE (`config.json` + `params/`, see `export.export_vae`) or the
-        latest checkpoint of a training run directory. Raises `FileNotFoundError` when
-        nothing is there and `ValueError` when the weights are corrupt."""
+        """Load a shipped VAE by name (`"tiny"`, the VAE of the `tiny` model, or `"tiny/vae"`;
+        see `store.resolve_pretrained`), an exported VAE directory (`config.json` + `params/`,
+        see `export.export_vae`) or the latest checkpoint of a training run directory. Raises
+        `FileNotFoundError` when nothing is there and `ValueError` when the weights are corrupt."""
         return _load_pretrained(cls, path)
 
     def __call__(self, video, key):
@@ -330,7 +331,7 @@ LOAD_HINT = "train one with `python -m sora_mini train-vae --preset tiny --out D
 
 
 def _load_pretrained(cls, path) -> VideoVAE:
-    path = os.path.abspath(os.fspath(path))
+    path = store.resolve_pretrained(path, "vae", what="VAE", hint=LOAD_HINT)
     if not os.path.isdir(path):
         raise FileNotFoundError(f"no pretrained VAE at {path}: {LOAD_HINT}")
     if os.path.exists(os.path.join(path, "config.json")) and os.path.isdir(os.path.join(path, "params")):

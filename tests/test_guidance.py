@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from sora_mini import captions, data, diffusion, evaluate, export, guidance
+from sora_mini import captions, data, diffusion, evaluate, export, guidance, store
 from sora_mini.pipeline import TextToVideo
 from sora_mini.sampling import classifier_guided, sample
 from sora_mini.text import TextConfig
@@ -208,13 +208,13 @@ def test_train_guidance_command_names_what_is_missing(model_dir, tmp_path):
 # ----------------------------------------------------------------------------------------
 # The shipped classifier.
 
-SHIPPED = os.path.join(os.path.dirname(__file__), "..", "data", "pretrained", "tiny")
+SHIPPED = store.resolve_pretrained("tiny")
 
 
 def test_shipped_guidance_classifier_was_trained_by_the_documented_command_and_reads_motion():
     manifest = json.loads(open(os.path.join(SHIPPED, "guidance", "manifest.json")).read())
     assert manifest["command"].startswith("python -m sora_mini train-guidance") and manifest["classifier_guidance"] > 0
-    pipe = TextToVideo.from_pretrained(SHIPPED)
+    pipe = TextToVideo.from_pretrained("tiny")
     assert pipe.classifier_guidance == manifest["classifier_guidance"]
     # Clean latents of real one-mover test clips: the motion head must name their direction.
     clips = evaluate.adherence_clips(48, "test")

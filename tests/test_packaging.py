@@ -132,3 +132,70 @@ def test_code_is_lint_clean():
     out = subprocess.run([sys.executable, "-m", "ruff", "check", "sora_mini", "tests", "benchmarks"],
                          cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout[-3000:]
+
+
+def test_colab_keeps_a_jax_as_new_as_the_package_needs():
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    jax_req = next(r for r in project["dependencies"] if re.match(r"jax\s*>=", r))
+    assert jax_req.split(">=")[1].strip() == course.JAX_MINIMUM
+    cell = course.colab_setup_cell()
+    assert f'"{course.REPOSITORY}", "{course.JAX_MINIMUM}"' in cell and "@" + "REPOSITORY@" not in cell
+    assert "[notebooks]" not in cell and '"-c"' in cell  # no extras; Colab's JAX is pinned by a constraints file
+    compile(cell, "setup", "exec")
+
+
+@pytest.fixture
+def machine(monkeypatch):
+    """A machine with no accelerator in sight, whose JAX backend a test sets."""
+    for name in ("COLAB_GPU", "COLAB_TPU_ADDR", "TPU_ACCELERATOR_TYPE", "SORA_MINI_FAST"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(course.glob, "glob", lambda pattern: [])
+    monkeypatch.setattr(course.shutil, "which", lambda name: None)
+
+    def set_backend(backend: str):
+        monkeypatch.setattr(course.jax, "default_backend", lambda: backend)
+
+    return set_backend
+
+
+def test_report_devices_says_what_jax_got(machine, monkeypatch):
+    machine("cpu")
+    report = course.report_devices()
+    assert ": cpu, 1 device (cpu); fast mode on" in report and "WARNING" not in report
+    monkeypatch.setenv("COLAB_GPU", "0")  # Colab's CPU runtime
+    assert "WARNING" not in course.report_devices()
+
+
+@pytest.mark.parametrize("asked", ["COLAB_GPU", "nvidia-smi", "COLAB_TPU_ADDR", "TPU_ACCELERATOR_TYPE", "/dev/accel0"])
+def test_report_devices_warns_when_an_accelerator_was_asked_for_but_jax_got_the_cpu(machine, monkeypatch, asked):
+    if asked == "nvidia-smi":
+        monkeypatch.setattr(course.shutil, "which", lambda name: "/usr/bin/nvidia-smi")
+        monkeypatch.setattr(course.subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(
+            a, 0, stdout="GPU 0: Tesla T4 (UUID: GPU-1)\n"))
+    elif asked.startswith("/dev/"):
+        monkeypatch.setattr(course.glob, "glob", lambda pattern: [asked])
+    else:
+        monkeypatch.setenv(asked, "1")
+    kind = "GPU" if asked in ("COLAB_GPU", "nvidia-smi") else "TPU"
+    assert course.requested_accelerator() == kind.lower()
+    machine("cpu")
+    report = course.report_devices()
+    assert f"WARNING: this machine has a {kind}, but JAX is running on the CPU" in report
+    assert f"jax[{'cuda12' if kind == 'GPU' else 'tpu'}]" in report and "Restart session" in report
+    machine(kind.lower())  # JAX got it: no warning, and the chapters run their full sizes
+    report = course.report_devices()
+    assert f": {kind.lower()}, " in report and "fast mode off" in report and "WARNING" not in report
+
+
+def test_nvidia_smi_without_a_gpu_is_no_gpu(machine, monkeypatch):
+    monkeypatch.setattr(course.shutil, "which", lambda name: "/usr/bin/nvidia-smi")
+    monkeypatch.setattr(course.subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(
+        a, 9, stdout="NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver.\n"))
+    assert course.requested_accelerator() is None
+
+
+def test_nothing_tells_users_to_fetch_weights_with_git_lfs():
+    texts = [p for p in (ROOT / "sora_mini").glob("*.py")] + sorted((ROOT / "notebooks").glob("*.ipynb"))
+    texts += [ROOT / "README.md"]
+    assert not [str(p) for p in texts if "git lfs" in p.read_text().lower()]
+    assert not (ROOT / "data" / "pretrained").exists()  # the shipped models live in sora_mini/pretrained/

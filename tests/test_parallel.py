@@ -109,7 +109,7 @@ def test_bfloat16_computes_in_bfloat16_and_keeps_float32_weights(tmp_path):
     model = t._model()
     for _, m in nnx.iter_graph(model):  # give the zero-initialised layers weights, so the output is not 0
         if isinstance(m, nnx.Linear):
-            m.kernel.value = 0.1 * jax.random.normal(jax.random.key(m.kernel.size), m.kernel.shape)
+            m.kernel[...] = 0.1 * jax.random.normal(jax.random.key(m.kernel.size), m.kernel.shape)
     x = jax.random.normal(jax.random.key(0), (2, 3, 4, 4, 4))
     f32 = model.dit(x, jnp.full((2,), 0.5), text=jnp.ones((2, 4, 16)), text_mask=jnp.ones((2, 4), bool))
     with parallel.compute_dtype(model, "bfloat16"):
@@ -132,7 +132,8 @@ def test_bfloat16_computes_in_bfloat16_and_keeps_float32_weights(tmp_path):
         assert all(v.dtype == jnp.float32 for v in jax.tree.leaves(nnx.state(m, nnx.Param)))
         assert all(v.dtype == jnp.float32 for v in jax.tree.leaves(ema))
         runs[precision] = [r["loss"] for r in store.read_log(out)]
-    np.testing.assert_allclose(runs["bfloat16"], runs["float32"], rtol=0.05)
+    assert runs["bfloat16"] != runs["float32"]  # bf16 did change the arithmetic...
+    np.testing.assert_allclose(runs["bfloat16"], runs["float32"], rtol=0.05)  # ...and not the training
     with pytest.raises(ValueError, match="precision must be one of"):
         train.train_dit(t._model(), t._cache(), t._tc(precision="fp8"), str(tmp_path / "bad"), progress=False)
     assert not os.path.exists(tmp_path / "bad")
@@ -151,7 +152,7 @@ config = DiTConfig(in_channels=4, patch_size=(1, 2, 2), hidden_size=32, depth=2,
 model = DiT(config, rngs=nnx.Rngs(0))
 for _, m in nnx.iter_graph(model):  # give the zero-initialised layers weights, so every block matters
     if isinstance(m, nnx.Linear):
-        m.kernel.value = 0.1 * jax.random.normal(jax.random.key(m.kernel.size), m.kernel.shape)
+        m.kernel[...] = 0.1 * jax.random.normal(jax.random.key(m.kernel.size), m.kernel.shape)
 mesh = jax.make_mesh((4,), ("seq",), axis_types=(jax.sharding.AxisType.Auto,))
 x = jax.random.normal(jax.random.key(1), (1, 8, 8, 8, 4))  # 8 x 4 x 4 = 128 tokens
 t, text, mask = jnp.full((1,), 0.7), jax.random.normal(jax.random.key(2), (1, 5, 16)), jnp.ones((1, 5), bool)

@@ -195,7 +195,7 @@ def test_train_dit_command_trains_and_exports(tmp_path):
 # ----------------------------------------------------------------------------------------
 # The shipped model and the commands built on it.
 
-SHIPPED = os.path.join(os.path.dirname(__file__), "..", "data", "pretrained", "tiny")
+SHIPPED = store.resolve_pretrained("tiny")  # shipped in the package: sora_mini/pretrained/tiny
 
 
 def _cli(*args, cwd=None):
@@ -221,7 +221,7 @@ def test_shipped_model_was_trained_by_the_documented_commands(expert):
 
 
 def test_demo_writes_a_gallery_page(tmp_path):
-    res = _cli("demo", "--model", SHIPPED, "--out", str(tmp_path), "--n", "2", "--steps", "4")
+    res = _cli("demo", "--out", str(tmp_path), "--n", "2", "--steps", "4")  # --model tiny: the shipped model
     assert res.returncode == 0, res.stderr[-3000:]
     page = (tmp_path / "index.html").read_text()
     assert DEMO_PROMPTS[0] in page and DEMO_PROMPTS[1] in page and "detector reads" in page
@@ -231,7 +231,8 @@ def test_demo_writes_a_gallery_page(tmp_path):
 
 
 def test_evaluate_command_prints_json(tmp_path):
-    res = _cli("evaluate", "--checkpoint", SHIPPED, "--n", "4", "--steps", "4", "--splits", "test", "--json")
+    # --checkpoint tiny and --classifier classifier: the shipped models, by name
+    res = _cli("evaluate", "--n", "4", "--steps", "4", "--splits", "test", "--json", cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     result = json.loads(res.stdout)
     adherence, world = result["adherence"], result["world_test"]

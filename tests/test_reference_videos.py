@@ -17,7 +17,7 @@ REFERENCE = pathlib.Path(__file__).parent / "data" / "reference_videos.npz"
 
 @pytest.fixture(scope="module")
 def shipped():
-    return TextToVideo.from_pretrained(pathlib.Path(__file__).parents[1] / "data" / "pretrained" / "tiny")
+    return TextToVideo.from_pretrained("tiny")
 
 
 def _assert_close(video, reference):

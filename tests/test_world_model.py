@@ -2,7 +2,6 @@
 own clips (their ceilings) and on clips broken on purpose."""
 
 import dataclasses
-import os
 
 import jax.numpy as jnp
 import numpy as np
@@ -11,7 +10,6 @@ from flax import nnx
 
 from sora_mini import data, evaluate, fvd
 
-CLASSIFIER = os.path.join(os.path.dirname(__file__), "..", "data", "pretrained", "classifier")
 
 
 @pytest.fixture(scope="module")
@@ -147,7 +145,7 @@ def test_classifier_trains_on_a_batch():
 
 
 def test_shipped_classifier_reads_the_world_and_fvd_tells_real_from_broken():
-    model = fvd.load_classifier(CLASSIFIER)
+    model = fvd.load_classifier("classifier")  # shipped in the package
     acc = fvd.classifier_accuracy(model, n=128)
     # The shipped one (manifest: 1,500 steps) reads 0.83 / 0.67 / 0.75 / 0.97 / 1.00 on 512
     # test clips; chance is 0.125 / 0.33 / 0.1 / 0.33 / 0.25.
