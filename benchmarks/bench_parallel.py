@@ -18,6 +18,9 @@ and the final loss, so bf16 and float32 can be compared at equal steps.
 from __future__ import annotations
 
 import argparse
+import datetime
+import shlex
+import sys
 import tempfile
 import time
 
@@ -77,7 +80,9 @@ def main() -> None:
     data = cache(latent, 2 * args.batch)
     tokens = int(np.prod(patch_grid(latent, build(args.model, latent[-1]).dit.config.patch_size)))
     peak, source = parallel.peak_flops()
-    results = {"device": f"{jax.device_count()} x {jax.devices()[0].device_kind}", "peak_flops": f"{peak:.3g}",
+    results = {"date": datetime.date.today().isoformat(),
+               "command": shlex.join(["python", "benchmarks/bench_parallel.py", *sys.argv[1:]]),
+               "device": f"{jax.device_count()} x {jax.devices()[0].device_kind}", "peak_flops": f"{peak:.3g}",
                "peak_source": source, "model": args.model, "latent": args.latent, "tokens": tokens,
                "batch": args.batch}
     for mesh_text in args.mesh or [""]:

@@ -2,6 +2,7 @@
 CI runs, and the command line answers."""
 
 import ast
+import json
 import importlib.metadata
 import pathlib
 import re
@@ -199,3 +200,16 @@ def test_nothing_tells_users_to_fetch_weights_with_git_lfs():
     texts += [ROOT / "README.md"]
     assert not [str(p) for p in texts if "git lfs" in p.read_text().lower()]
     assert not (ROOT / "data" / "pretrained").exists()  # the shipped models live in sora_mini/pretrained/
+
+
+def test_results_page_is_generated_from_the_benchmark_results():
+    """docs/RESULTS.md is exactly what benchmarks/write_results.py makes of benchmarks/results/."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import write_results
+    finally:
+        sys.path.pop(0)
+    results = {p.stem: json.loads(p.read_text()) for p in sorted((ROOT / "benchmarks" / "results").glob("*.json"))}
+    assert results, "benchmarks/results/ holds no measurements"
+    assert (ROOT / "docs" / "RESULTS.md").read_text() == write_results.render(results), \
+        "docs/RESULTS.md is stale: run python benchmarks/write_results.py"
