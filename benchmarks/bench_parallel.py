@@ -3,8 +3,9 @@
 asked for, then the sampler. Per configuration it reports the compile time, seconds per
 step, video tokens per second, model FLOPs per step and MFU (from the training log, against
 `parallel.peak_flops`: the datasheet for known GPUs/TPUs, a measured matmul on a CPU), the
-weights + EMA bytes held by one device, peak device memory where the backend reports it,
-and the final loss, so bf16 and float32 can be compared at equal steps.
+weights + EMA bytes held by one device, the process's peak device memory so far where the
+backend reports it (cumulative: to compare two configurations' memory, run each in its own
+process), and the final loss, so bf16 and float32 can be compared at equal steps.
 
     # the CPU, the shipped tiny model's shapes:
     python benchmarks/bench_parallel.py --model tiny --latent 9,8,8,8 --batch 32 --steps 12

@@ -10,6 +10,7 @@ import sys
 
 from sora_mini import recipes
 from sora_mini.dataset import DEFAULT_SPLIT_SIZES, SPLIT_SEED_OFFSETS
+from sora_mini.parallel import PRECISIONS
 from sora_mini.presets import DEMO_PROMPTS, DIT_TRAIN_PRESETS
 from sora_mini.world import SHAPES_WORLD_PRESETS
 
@@ -161,8 +162,9 @@ def main(argv=None) -> int:
     p.add_argument("--low-noise-below", type=float,
                    help="export as the low-noise expert of the model already in --export: it takes over sampling at "
                    "times t at and below this (Wan 2.2's two experts)")
-    p.add_argument("--precision", choices=("float32", "bfloat16"), default="float32",
-                   help="compute dtype of training (bfloat16: mixed precision, float32 weights and AdamW)")
+    p.add_argument("--precision", choices=PRECISIONS,
+                   help="compute dtype of training (bfloat16: mixed precision, float32 weights and AdamW; default: "
+                   "the preset's)")
     p.add_argument("--mesh", default="", help="device mesh, e.g. data=2,fsdp=4: the batch over both axes, "
                    "weights and optimizer state over fsdp (default: data parallel over every device)")
     p.add_argument("--coordinator", help="HOST:PORT of process 0, to train on many hosts (jax.distributed); auto: "

@@ -14,7 +14,8 @@ sequence parallelism, many hosts, and utilisation.
   over a `"seq"` axis; each device attends with its own queries to all keys and values,
   all-gathered inside `shard_map` (the all-gather form of context parallelism, as in
   Megatron-LM's context parallel and Llama 3's training).
-- **Many hosts** (`initialize`): JAX's multi-controller runtime, one process a host;
+- **Many hosts** (`initialize`): JAX's multi-controller runtime, one process a host (or
+  a GPU);
   `global_batch` builds each step's batch from the rows each process owns.
 - **Utilisation** (`peak_flops`, `train_flops`): model FLOPs per step and MFU (PaLM,
   Chowdhery et al. 2022) against the backend's peak.
@@ -25,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -49,8 +51,10 @@ def initialize(coordinator: str | None, num_processes: int = 1, process_id: int 
     """Join JAX's multi-controller runtime (`jax.distributed.initialize`) before any other
     JAX call. `coordinator` is `HOST:PORT` of process 0, with this process's number of
     `num_processes`; `"auto"` lets JAX find all three on a Cloud TPU pod slice, under SLURM
-    or Open MPI; None with one process does nothing."""
+    or Open MPI (there, one process per GPU); None with one process does nothing."""
     if coordinator == "auto":
+        if (num_processes, process_id) != (1, 0):
+            raise ValueError("coordinator auto finds the processes itself: leave num_processes and process_id out")
         jax.distributed.initialize()
         return
     if coordinator is None and num_processes == 1:
@@ -245,12 +249,23 @@ def sequence_parallel(model: nnx.Module, mesh: Mesh, axis: str = "seq"):
 # ----------------------------------------------------------------------------------------
 # Utilisation.
 
-# Dense bfloat16 peaks from the datasheets, FLOP/s per device (one GPU, one TPU chip).
+# Dense bfloat16 peaks from the datasheets, FLOP/s per JAX device (one GPU; one TPU chip,
+# or one TensorCore on TPU v2 and v3, where JAX sees each core as a device). A T4 and a
+# V100 have no bfloat16 units: XLA computes bfloat16 in float32 there, so theirs is the
+# float32 peak. Matched against `device.device_kind` as whole words, first match first.
 DATASHEET_PEAKS = {
-    "H200": 989e12, "H100": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12, "V100": 125e12,
-    "T4": 65e12, "TPU v6": 918e12, "TPU v5p": 459e12, "TPU v5 lite": 197e12, "TPU v5e": 197e12,
-    "TPU v4": 275e12, "TPU v3": 123e12, "TPU v2": 45e12,
+    "H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12, "A10": 125e12,
+    "V100": 15.7e12, "T4": 8.1e12, "TPU v6 lite": 918e12, "TPU v5 lite": 197e12, "TPU v5p": 459e12,
+    "TPU v5": 459e12, "TPU v4": 275e12, "TPU v3": 61.5e12, "TPU v2": 22.5e12,
 }
+
+
+def datasheet_peak(kind: str) -> float | None:
+    """The `DATASHEET_PEAKS` entry naming `kind` (a `device_kind`) as whole words, or None."""
+    for name, flops in DATASHEET_PEAKS.items():
+        if re.search(rf"(^|[\s_-]){re.escape(name)}($|[\s_-])", kind, re.I):
+            return flops
+    return None
 
 
 @functools.cache
@@ -258,10 +273,9 @@ def peak_flops(device=None) -> tuple[float, str]:
     """`(FLOP/s, source)` of one device: the datasheet's dense bfloat16 peak for a known GPU
     or TPU, else (a CPU, an unknown chip) a measured float32 matmul, which `source` says."""
     device = device or jax.devices()[0]
-    kind = device.device_kind
-    for name, flops in DATASHEET_PEAKS.items():
-        if name.lower() in kind.lower():
-            return flops, f"datasheet bf16 peak of {kind}"
+    flops = datasheet_peak(device.device_kind)
+    if flops is not None:
+        return flops, f"datasheet peak of {device.device_kind}"
     return loop.matmul_gflops(1024, 5), f"measured f32 matmul on {device.platform}"
 
 

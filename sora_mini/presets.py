@@ -103,8 +103,9 @@ DIT_TRAIN_PRESETS: dict[str, DiTTrainPreset] = {
                                               output_conv=32, below=0.5),
         cost=TrainAllCost(build_data_s=40.0, vae_step_s=0.10, encode_clip_s=1 / 126, dit_step_s=0.45,
                           expert_step_s=0.52)),
-    # Sized for one Colab GPU or TPU: about half an hour of DiT training on a T4 by
-    # `dit_train_minutes` (an estimate from FLOPs: it has not run on one yet). Launch:
+    # Sized for one Colab GPU or TPU: `dit_train_minutes` estimates its DiT training at
+    # under half an hour on an L4, an A100 or a TPU v5e (from FLOPs: it has not run on one
+    # yet); a T4 has no bfloat16 units and takes hours. Launch:
     # `python -m sora_mini train-all --preset small --dry-run` prints the estimates, then
     # without --dry-run trains; bf16 is the small DiT's compute dtype already.
     "small": DiTTrainPreset(text="small", steps=50000, batch_size=64, learning_rate=2e-4, latent=(5, 8, 8, 16)),
@@ -113,7 +114,7 @@ DIT_TRAIN_PRESETS: dict[str, DiTTrainPreset] = {
 # What an estimate for an accelerator the preset has not run on assumes: the model FLOPs
 # utilisation (MFU) of a well-fed small transformer, and the devices Colab lends.
 ASSUMED_MFU = 0.35
-COLAB_DEVICES = ("T4", "L4", "A100", "TPU v5 lite", "TPU v6")  # keys of parallel.DATASHEET_PEAKS
+COLAB_DEVICES = ("T4", "L4", "A100", "TPU v5 lite", "TPU v6 lite")  # keys of parallel.DATASHEET_PEAKS
 
 
 def dit_train_minutes(preset: str, peak_flops: float, mfu: float = ASSUMED_MFU, steps: int | None = None) -> float:

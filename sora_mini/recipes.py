@@ -141,15 +141,23 @@ def train_dit(preset: str, vae: str, latents: str, out: str, *, steps: int | Non
               unshifted_fraction: float | None = None, max_time: float | None = None,
               frame_conditioning: bool | None = None, absolute_pos: bool | None = None,
               caption_loss: float | None = None, output_conv: int | None = None, init: str | None = None,
-              export_to: str | None = None, low_noise_below: float | None = None, precision: str = "float32",
+              export_to: str | None = None, low_noise_below: float | None = None, precision: str | None = None,
               mesh: str = "", coordinator: str | None = None, num_processes: int = 1, process_id: int = 0,
               command: str = "") -> None:
     """Train (or resume) the text encoder and DiT of a preset on a latent cache; export the
     model (or, with `low_noise_below`, a low-noise expert of the model in `export_to`).
-    `precision` and `mesh` (`"data=2,fsdp=4"`) choose mixed precision and FSDP
-    (`parallel`); with a `coordinator`, this is process `process_id` of `num_processes`,
-    each started with the same arguments on its own host, and process 0 exports."""
+    `precision` (default: the preset's) and `mesh` (`"data=2,fsdp=4"`) choose mixed
+    precision and FSDP (`parallel`); with a `coordinator`, this is process `process_id` of
+    `num_processes`, each started with the same arguments on its own host. A many-process
+    run does not export: rerun the same command as one process with `--export` (it finds
+    the run finished, restores it onto its own devices and exports)."""
     mesh_shape = parallel.MeshShape.parse(mesh)
+    if export_to and (num_processes > 1 or coordinator == "auto"):
+        raise ValueError("--export needs one process: train on many, then rerun the same command as one process "
+                         "with --export (it resumes the finished run and exports it)")
+    # A shipped model's name is recorded as given (a path moves with the install), loaded by path.
+    named = {"vae": vae if store.is_pretrained_name(vae) else os.path.abspath(vae),
+             "init": init if not init or store.is_pretrained_name(init) else os.path.abspath(init)}
     vae = store.resolve_pretrained(vae, "vae", what="VAE") if store.is_pretrained_name(vae) else vae
     init = store.resolve_pretrained(init) if init and store.is_pretrained_name(init) else init
     parallel.initialize(coordinator, num_processes, process_id)  # before anything touches a device
@@ -158,25 +166,29 @@ def train_dit(preset: str, vae: str, latents: str, out: str, *, steps: int | Non
         unshifted_fraction=unshifted_fraction, caption_loss=caption_loss, output_conv=output_conv,
         max_time=max_time)
     p = DIT_TRAIN_PRESETS[preset]
+    batch = batch_size or p.batch_size
+    devices = parallel.make_mesh(mesh_shape).size  # the mesh must fit the devices: checked before any work
+    if batch % devices:
+        raise ValueError(f"batch size {batch} must divide by the {devices} devices of the mesh")
     latent_scale = read_vae_latent_scale(vae, dit_config.in_channels, preset)
     cache = load_latents(latents, dit_config.in_channels, f"the {preset} DiT expects",
                          f"make one with python -m sora_mini encode-latents --vae {vae} --out {latents}")
-    tc = train.DiTTrainConfig(steps=steps or p.steps, batch_size=batch_size or p.batch_size,
-                              learning_rate=lr or p.learning_rate, latent_scale=latent_scale,
-                              caption_loss=caption_loss, precision=precision)
+    tc = train.DiTTrainConfig(steps=steps or p.steps, batch_size=batch, learning_rate=lr or p.learning_rate,
+                              latent_scale=latent_scale, caption_loss=caption_loss, precision=precision)
     settings = {"text": dataclasses.asdict(text_config), "dit": dataclasses.asdict(dit_config),
-                "vae": os.path.abspath(vae), "latents": os.path.abspath(latents),
-                "init": init and os.path.abspath(init)}
+                "latents": os.path.abspath(latents), **named}
     model = TextToVideoModel(text_config, dit_config, rngs=nnx.Rngs(tc.seed))
     init_manifest = os.path.join(out, "init_manifest.json")
     if init and not os.path.exists(os.path.join(out, "checkpoints")):
         # Read (and keep) the manifest now: the export at the end may overwrite `init`.
-        os.makedirs(out, exist_ok=True)
-        store.write_json(init_manifest, init_from_pretrained(model, init))
+        manifest = init_from_pretrained(model, init)
+        if parallel.is_main_process():
+            os.makedirs(out, exist_ok=True)
+            store.write_json(init_manifest, manifest)
         print(f"initialised from the pretrained model in {init}")
     train.train_dit(model, cache, tc, out, diffusion_config, settings=settings, mesh=mesh_shape)
     print(f"trained the DiT: {out}")
-    if export_to and parallel.is_main_process():
+    if export_to:
         extra = {"command": command}
         if os.path.exists(init_manifest):  # a fine-tune: record the stage it started from
             extra["init"] = store.read_json(init_manifest)
@@ -234,7 +246,7 @@ def train_all(preset: str, out: str | None = None, data: str | None = None, *,
         for name in COLAB_DEVICES:
             peak = parallel.DATASHEET_PEAKS[name]
             minutes = dit_train_minutes(preset, peak, steps=dit_steps)
-            print(f"  {name:<12} {peak / 1e12:5.0f} TFLOP/s bf16  {minutes:6.1f} min")
+            print(f"  {name:<12} {peak / 1e12:5.0f} TFLOP/s  {minutes:6.1f} min")
         print(flush=True)
     if dry_run:
         return export_to

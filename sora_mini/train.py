@@ -11,6 +11,7 @@ Both resume exactly from their last checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import shutil
@@ -175,8 +176,9 @@ class DiTTrainConfig(loop.TrainConfig):
     caption_loss: float = 0.0
     latent_scale: float = 1.0  # the VAE manifest's latent_scale: diffusion sees unit-variance latents
     # Compute dtype of every layer during training ("bfloat16": mixed precision, see
-    # parallel.compute_dtype); the weights, AdamW's moments and the EMA stay float32.
-    precision: str = "float32"
+    # parallel.compute_dtype; None: the model config's own); the weights, AdamW's moments
+    # and the EMA stay float32.
+    precision: str | None = None
     save_every: int = 500
     keep_checkpoints: int = 2
 
@@ -267,7 +269,8 @@ def train_dit(model, latents: dict, tc: DiTTrainConfig, out_dir: str, diffusion_
     process runs this with the same arguments and reads only its devices' rows of each
     batch; process 0 writes the log. Orbax checkpoints (model, optimizer, EMA) every
     `save_every` steps, each process saving its shards; a second call with the same
-    settings resumes exactly, on any mesh. `settings` (configs as plain dicts) are written
+    settings resumes exactly (on the same mesh; another mesh restores the same state
+    but sums in another order). `settings` (configs as plain dicts) are written
     to `train_config.json` and must match on resume. Stops with `FloatingPointError`,
     keeping the last good checkpoint, if the loss stops being finite. The log records the
     model FLOPs of a step and the MFU against `parallel.peak_flops`. Returns
@@ -277,7 +280,7 @@ def train_dit(model, latents: dict, tc: DiTTrainConfig, out_dir: str, diffusion_
     for key in ("mean", "logvar", "caption"):
         if key not in latents:
             raise ValueError(f"the latent cache needs '{key}' (made by encode-latents), it has {sorted(latents)}")
-    if tc.precision not in parallel.PRECISIONS:
+    if tc.precision is not None and tc.precision not in parallel.PRECISIONS:
         raise ValueError(f"precision must be one of {parallel.PRECISIONS}, got {tc.precision!r}")
     mesh = parallel.make_mesh(mesh)
     if tc.batch_size % mesh.size:
@@ -337,7 +340,7 @@ def train_dit(model, latents: dict, tc: DiTTrainConfig, out_dir: str, diffusion_
             store.save_checkpoint(manager, step, model=nnx.state(model), opt=nnx.state(optimizer), ema=ema_box[0])
 
         flops = parallel.train_flops(model.dit.config, mean.shape[1:], tc.batch_size, ids.shape[1])
-        with parallel.compute_dtype(model, tc.precision):
+        with parallel.compute_dtype(model, tc.precision) if tc.precision else contextlib.nullcontext():
             loop.run_loop(run_step, steps=tc.steps, desc="train-dit", start=start, stop_after=stop_after,
                           log_every=tc.log_every, out_dir=out_dir if parallel.is_main_process() else None,
                           checkpoints=loop.Checkpoints(manager, save, tc.save_every), progress=progress,

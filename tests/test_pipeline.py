@@ -161,6 +161,14 @@ def test_train_dit_command_names_what_is_missing(tmp_path):
     res = subprocess.run([sys.executable, "-m", "sora_mini", "train-dit", "--latents", "x.npz", "--max-time", "1.5",
                           "--out", str(tmp_path / "run")], capture_output=True, text=True)
     assert res.returncode == 2 and "max_time is the time below which training times are drawn" in res.stderr
+    res = subprocess.run([sys.executable, "-m", "sora_mini", "train-dit", "--latents", "x.npz", "--export", "x",
+                          "--coordinator", "localhost:1234", "--num-processes", "2", "--out", str(tmp_path / "run")],
+                         capture_output=True, text=True)
+    assert res.returncode == 2 and "--export needs one process" in res.stderr
+    res = subprocess.run([sys.executable, "-m", "sora_mini", "train-dit", "--latents", "x.npz", "--mesh", "data=3",
+                          "--out", str(tmp_path / "run")], capture_output=True, text=True)
+    assert res.returncode == 2 and "needs 3 devices; there are 1" in res.stderr
+    assert not (tmp_path / "run").exists()
 
 
 def test_train_dit_command_trains_and_exports(tmp_path):
