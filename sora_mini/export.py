@@ -127,7 +127,7 @@ def export_text_to_video(run_dir: str, path: str, vae_path: str, *, extra: dict 
     if low_noise_below is not None:
         main = read_settings(os.path.join(path, "dit"))
         check_experts(main, settings, low_noise_below, latent_scale=settings["train"]["latent_scale"])
-    target = store.on_one_device(nnx.state(abstract_text_to_video_model(settings), nnx.Param))
+    target = nnx.state(abstract_text_to_video_model(settings), nnx.Param)
     step, restored = store.latest_checkpoint(run_dir, "DiT", ema=target)
     config = {k: settings[k] for k in ("text", "dit", "diffusion")}
     config["latent_scale"] = settings["train"]["latent_scale"]

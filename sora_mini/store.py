@@ -213,20 +213,12 @@ def abstract_model(build) -> nnx.Module:
     return nnx.eval_shape(build)
 
 
-def on_one_device(tree, dtype=None):
-    """Restore targets for `tree`'s arrays (or shapes) on this process's first device, in
-    `dtype` (default: their own). Orbax would otherwise rebuild the shardings a checkpoint
-    was saved with, which a machine with fewer devices, or another process, does not have."""
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, dtype or x.dtype, sharding=device), tree)
-
-
 def restore_params(model: nnx.Module, path: str, *, stored_dtype=jnp.float32, what: str = "weights") -> nnx.Module:
     """Fill an abstract model (`abstract_model`) with the parameters exported to Orbax
     `path/params` at `stored_dtype`, cast to float32. Every exported model loads through
     here; the error names `what` is missing, corrupt or short."""
     params_dir = os.path.join(os.path.abspath(os.fspath(path)), "params")
-    target = on_one_device(nnx.state(model, nnx.Param), stored_dtype)
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, stored_dtype), nnx.state(model, nnx.Param))
     try:
         with ocp.StandardCheckpointer() as ckptr:
             params = ckptr.restore(params_dir, target)
